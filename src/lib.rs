@@ -1,0 +1,15 @@
+//! srvdns: a service-discovery DNS server.
+//!
+//! Services register over HTTP ([`http`]), the [`registry`] keeps them and their health, the
+//! [`health`] engine decides who is healthy, and [`dns`] answers plain DNS from immutable
+//! registry snapshots. [`serve`] wires the parts together; [`config`] holds the one
+//! configuration struct. See DESIGN.md for the contracts.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dns;
+pub mod health;
+pub mod http;
+pub mod registry;
+pub mod serve;

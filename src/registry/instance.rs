@@ -1,0 +1,335 @@
+//! One registered instance and the state of its checks: pure state transitions, no I/O.
+//!
+//! Everything here takes the current time as an argument, so the rules (TTL expiry, status
+//! derivation, `deregister_after`) are unit-tested without clocks or sleeps. The [`Registry`]
+//! owns the instances and calls these methods under its lock.
+//!
+//! [`Registry`]: super::Registry
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::model::{CheckKind, CheckSpec, InstanceStatus, Registration, Status};
+
+/// The live state of one check.
+#[derive(Debug, Clone)]
+pub struct CheckState {
+    pub spec: CheckSpec,
+    pub status: Status,
+    /// The last output: a probe's result, a heartbeat note, or why a TTL expired.
+    pub output: String,
+    pub last_change: SystemTime,
+    /// When a `ttl` check turns critical unless a heartbeat comes first.
+    pub ttl_deadline: Option<Instant>,
+    /// Since when this check has been critical (for `deregister_after`).
+    pub critical_since: Option<Instant>,
+    /// Consecutive probe results in the direction opposite to the current status.
+    pub streak: u32,
+}
+
+impl CheckState {
+    fn new(spec: CheckSpec, now: Instant, wall: SystemTime) -> Self {
+        let status = spec.initial_status;
+        let output = match (&spec.kind, status) {
+            (CheckKind::Ttl { .. }, _) => {
+                String::from("registered (counts as the first heartbeat)")
+            }
+            (_, Status::Critical) => String::from("awaiting the first probe"),
+            _ => String::new(),
+        };
+        let ttl_deadline = match spec.kind {
+            CheckKind::Ttl { ttl } => Some(now + ttl),
+            _ => None,
+        };
+        Self {
+            critical_since: (status == Status::Critical).then_some(now),
+            spec,
+            status,
+            output,
+            last_change: wall,
+            ttl_deadline,
+            streak: 0,
+        }
+    }
+
+    /// Sets the status and output; returns whether the status changed.
+    pub fn set(&mut self, status: Status, output: String, now: Instant, wall: SystemTime) -> bool {
+        self.output = output;
+        self.streak = 0;
+        if self.status == status {
+            return false;
+        }
+        self.status = status;
+        self.last_change = wall;
+        self.critical_since = (status == Status::Critical).then_some(now);
+        true
+    }
+
+    /// The instant this check asks to be looked at again (TTL expiry or removal), if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        let expiry = self
+            .ttl_deadline
+            .filter(|_| self.status != Status::Critical);
+        let removal = self
+            .critical_since
+            .zip(self.spec.deregister_after)
+            .map(|(since, after)| since + after);
+        expiry.into_iter().chain(removal).min()
+    }
+}
+
+/// A registered instance: its registration, checks, maintenance flag and derived status.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub registration: Registration,
+    pub checks: Vec<CheckState>,
+    /// The status of an instance without checks (set through `/status`; passing by default).
+    pub own_status: Status,
+    pub own_output: String,
+    /// `Some(reason)` while drained.
+    pub maintenance: Option<String>,
+    /// Derived from the above; kept so readers need not recompute it.
+    pub status: InstanceStatus,
+    pub last_change: SystemTime,
+    pub registered_at: SystemTime,
+}
+
+/// What happened to an instance when time passed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing changed.
+    Unchanged,
+    /// Some TTL check expired; the instance status may have changed.
+    Changed,
+    /// A check was critical longer than its `deregister_after`: remove the instance.
+    Remove { check: String, after: Duration },
+}
+
+impl Instance {
+    pub fn new(registration: Registration, now: Instant, wall: SystemTime) -> Self {
+        let checks = registration
+            .checks
+            .iter()
+            .map(|spec| CheckState::new(spec.clone(), now, wall))
+            .collect();
+        let mut instance = Self {
+            registration,
+            checks,
+            own_status: Status::Passing,
+            own_output: String::new(),
+            maintenance: None,
+            status: InstanceStatus::Passing,
+            last_change: wall,
+            registered_at: wall,
+        };
+        instance.status = instance.derive_status();
+        instance
+    }
+
+    /// Replaces the registration, keeping what is known about unchanged checks, the
+    /// maintenance flag and the own status. Registering again counts as a heartbeat.
+    pub fn reregister(&mut self, registration: Registration, now: Instant, wall: SystemTime) {
+        let mut old = std::mem::take(&mut self.checks);
+        self.checks = registration
+            .checks
+            .iter()
+            .map(|spec| match old.iter().position(|c| c.spec == *spec) {
+                Some(i) => {
+                    let mut kept = old.swap_remove(i);
+                    if let CheckKind::Ttl { ttl } = spec.kind {
+                        kept.ttl_deadline = Some(now + ttl);
+                        kept.set(
+                            Status::Passing,
+                            String::from("registered again (counts as a heartbeat)"),
+                            now,
+                            wall,
+                        );
+                    }
+                    kept
+                }
+                None => CheckState::new(spec.clone(), now, wall),
+            })
+            .collect();
+        self.registration = registration;
+        self.refresh_status(wall);
+    }
+
+    /// The worst of the checks, the own status without checks, or maintenance.
+    pub fn derive_status(&self) -> InstanceStatus {
+        if self.maintenance.is_some() {
+            return InstanceStatus::Maintenance;
+        }
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(self.own_status)
+            .into()
+    }
+
+    /// Recomputes the derived status; returns the previous one if it changed.
+    pub fn refresh_status(&mut self, wall: SystemTime) -> Option<InstanceStatus> {
+        let status = self.derive_status();
+        if status == self.status {
+            return None;
+        }
+        let previous = std::mem::replace(&mut self.status, status);
+        self.last_change = wall;
+        Some(previous)
+    }
+
+    /// The last output worth showing: the worst check's, or the own one.
+    pub fn output(&self) -> &str {
+        self.checks
+            .iter()
+            .max_by_key(|c| c.status)
+            .map_or(self.own_output.as_str(), |c| c.output.as_str())
+    }
+
+    /// Applies the passage of time: expires TTL checks whose deadline passed and reports a
+    /// check critical for longer than its `deregister_after`.
+    pub fn expire(&mut self, now: Instant, wall: SystemTime) -> Expiry {
+        let mut changed = false;
+        for check in &mut self.checks {
+            let (Some(deadline), CheckKind::Ttl { ttl }) = (check.ttl_deadline, &check.spec.kind)
+            else {
+                continue;
+            };
+            if deadline <= now && check.status != Status::Critical {
+                let output = format!(
+                    "TTL expired: no heartbeat for {}",
+                    humantime::format_duration(*ttl)
+                );
+                changed |= check.set(Status::Critical, output, now, wall);
+            }
+        }
+        for check in &self.checks {
+            if let (Some(since), Some(after)) = (check.critical_since, check.spec.deregister_after)
+                && now >= since + after
+            {
+                return Expiry::Remove {
+                    check: check.spec.name.clone(),
+                    after,
+                };
+            }
+        }
+        if changed {
+            Expiry::Changed
+        } else {
+            Expiry::Unchanged
+        }
+    }
+
+    /// The earliest instant at which [`Instance::expire`] may change something.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.checks
+            .iter()
+            .filter_map(CheckState::next_deadline)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::model::{Address, InstanceId, Protocol, ServiceName};
+
+    fn ttl_check(name: &str, ttl_ms: u64, deregister_ms: Option<u64>) -> CheckSpec {
+        CheckSpec {
+            name: name.into(),
+            kind: CheckKind::Ttl {
+                ttl: Duration::from_millis(ttl_ms),
+            },
+            interval: CheckSpec::DEFAULT_INTERVAL,
+            timeout: CheckSpec::DEFAULT_TIMEOUT,
+            failures_before_critical: 1,
+            successes_before_passing: 1,
+            deregister_after: deregister_ms.map(Duration::from_millis),
+            initial_status: Status::Passing,
+        }
+    }
+
+    fn registration(checks: Vec<CheckSpec>) -> Registration {
+        Registration {
+            service: ServiceName::try_from("web").unwrap(),
+            id: InstanceId::try_from("web-1").unwrap(),
+            address: Address::Ip("10.0.0.1".parse().unwrap()),
+            port: 80,
+            protocol: Protocol::Tcp,
+            priority: 0,
+            weight: 1,
+            warning_weight: 1,
+            ports: Default::default(),
+            tags: vec![],
+            meta: Default::default(),
+            checks,
+        }
+    }
+
+    #[test]
+    fn without_checks_an_instance_is_passing() {
+        let t0 = Instant::now();
+        let i = Instance::new(registration(vec![]), t0, SystemTime::now());
+        assert_eq!(i.status, InstanceStatus::Passing);
+        assert_eq!(i.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_missed_ttl_turns_critical_and_removal_follows() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut i = Instance::new(
+            registration(vec![ttl_check("ttl", 100, Some(1000))]),
+            t0,
+            wall,
+        );
+        assert_eq!(i.status, InstanceStatus::Passing);
+        assert_eq!(i.next_deadline(), Some(t0 + Duration::from_millis(100)));
+
+        assert_eq!(
+            i.expire(t0 + Duration::from_millis(99), wall),
+            Expiry::Unchanged
+        );
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(i.expire(t1, wall), Expiry::Changed);
+        assert_eq!(i.refresh_status(wall), Some(InstanceStatus::Passing));
+        assert_eq!(i.status, InstanceStatus::Critical);
+        assert!(i.output().starts_with("TTL expired"), "{}", i.output());
+        assert_eq!(i.next_deadline(), Some(t1 + Duration::from_millis(1000)));
+        assert!(matches!(
+            i.expire(t1 + Duration::from_millis(1000), wall),
+            Expiry::Remove { .. }
+        ));
+    }
+
+    #[test]
+    fn maintenance_overrides_and_the_worst_check_wins() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut i = Instance::new(
+            registration(vec![ttl_check("a", 1000, None), ttl_check("b", 1000, None)]),
+            t0,
+            wall,
+        );
+        i.checks[1].set(Status::Warning, "slow".into(), t0, wall);
+        i.refresh_status(wall);
+        assert_eq!(i.status, InstanceStatus::Warning);
+        assert_eq!(i.output(), "slow");
+        i.maintenance = Some("deploy".into());
+        i.refresh_status(wall);
+        assert_eq!(i.status, InstanceStatus::Maintenance);
+    }
+
+    #[test]
+    fn reregistering_keeps_unchanged_checks_and_renews_ttls() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut i = Instance::new(registration(vec![ttl_check("a", 100, None)]), t0, wall);
+        let t1 = t0 + Duration::from_millis(150);
+        i.expire(t1, wall);
+        i.refresh_status(wall);
+        assert_eq!(i.status, InstanceStatus::Critical);
+        i.reregister(registration(vec![ttl_check("a", 100, None)]), t1, wall);
+        assert_eq!(i.status, InstanceStatus::Passing);
+        assert_eq!(i.next_deadline(), Some(t1 + Duration::from_millis(100)));
+    }
+}
