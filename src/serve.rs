@@ -185,32 +185,64 @@ impl Server {
 
 /// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // Listen for the signals before anything is bound: a signal that arrives while the server
+    // starts must stop it gracefully, not kill it.
+    let signals = ShutdownSignals::install();
     let server = Server::start(config).await?;
-    shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, registered up front.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind| match signal(kind) {
+                Ok(stream) => Some(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for a shutdown signal");
+                    None
+                }
+            };
+            Self {
+                interrupt: listen(SignalKind::interrupt()),
+                terminate: listen(SignalKind::terminate()),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn recv(self) {
+        #[cfg(unix)]
+        {
+            async fn next(stream: Option<tokio::signal::unix::Signal>) {
+                match stream {
+                    Some(mut stream) => {
+                        stream.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(self.interrupt) => {}
+                _ = next(self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -205,12 +205,21 @@ impl StaticZones {
                 if !domain.zone_of(name) || *name == *domain {
                     continue;
                 }
-                let labels: Vec<&[u8]> = name.iter().collect();
-                if let Some(label) = labels.len().checked_sub(depth + 1).map(|i| labels[i]) {
-                    taken
-                        .entry(String::from_utf8_lossy(label).into_owned())
-                        .or_insert_with(|| name.to_string());
-                }
+                let labels: Vec<String> = name
+                    .iter()
+                    .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
+                    .collect();
+                let relative = &labels[..labels.len() - depth];
+                // `<x>.D` and anything below it take `x`; `_<x>._<y>.D` (an SRV name of
+                // service x) takes `x` too.
+                let label = match relative {
+                    [first, second] if first.starts_with('_') && second.starts_with('_') => {
+                        first[1..].to_owned()
+                    }
+                    [.., last] => last.clone(),
+                    [] => continue,
+                };
+                taken.entry(label).or_insert_with(|| name.to_string());
             }
         }
         taken
@@ -264,7 +273,7 @@ a.b.c   IN TXT \"deep\"
     fn static_names_take_service_labels() {
         let zone = StaticZone::parse(
             Path::new("service.local.zone"),
-            "$TTL 60\ndb IN A 10.0.0.9\nx.legacy IN A 10.0.0.8\n",
+            "$TTL 60\ndb IN A 10.0.0.9\nx.legacy IN A 10.0.0.8\n_pg._tcp IN SRV 0 1 5432 db\n",
             Name::from_ascii("service.local.").unwrap(),
         )
         .unwrap();
@@ -272,7 +281,7 @@ a.b.c   IN TXT \"deep\"
         let taken = zones.service_labels_taken(&Name::from_ascii("service.local.").unwrap());
         assert_eq!(
             taken.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["db", "legacy"]
+            ["_tcp", "db", "legacy", "pg"]
         );
     }
 }

@@ -47,12 +47,26 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." { String::new() } else { path };
-        let mut error = ApiError::bad_request(field, format!("invalid JSON body: {inner}"));
         if inner.is_syntax() || inner.is_eof() {
-            error.field = None;
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON body: {inner}"),
+            );
         }
-        error
+        let mut field = if path == "." { String::new() } else { path };
+        // serde reports a missing field at its parent's path; name the field itself.
+        let message = inner.to_string();
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            field = if field.is_empty() {
+                missing.to_owned()
+            } else {
+                format!("{field}.{missing}")
+            };
+        }
+        ApiError::bad_request(field, format!("invalid JSON body: {message}"))
     })
 }
 
