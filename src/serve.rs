@@ -19,6 +19,8 @@ use crate::dns::answer::Authority;
 use crate::dns::server::{self as dns_server, DnsService};
 use crate::dns::zones::{StaticZones, ZoneError};
 use crate::health;
+use crate::health::engine::CheckStats;
+use crate::health::probe::Prober;
 use crate::http::{self, AppState, registration::Limits};
 use crate::registry::{DnsPolicy, Registry, RegistrySettings};
 
@@ -33,6 +35,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up the HTTP client for health checks: {0}")]
+    Prober(#[from] reqwest::Error),
     #[error("cannot create the data directory {}: {source}", path.display())]
     DataDir {
         path: PathBuf,
@@ -47,6 +51,8 @@ pub struct Server {
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
     pub registry: Arc<Registry>,
+    /// Counters of the active health checks.
+    pub check_stats: Arc<CheckStats>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -135,6 +141,13 @@ impl Server {
         ));
         tasks.spawn(dns_server::serve_tcp(tcp, dns, shutdown.clone()));
         tasks.spawn(health::ttl::run(Arc::clone(&registry), shutdown.clone()));
+        let check_stats = Arc::new(CheckStats::default());
+        tasks.spawn(health::engine::run(
+            Arc::clone(&registry),
+            Prober::new()?,
+            Arc::clone(&check_stats),
+            shutdown.clone(),
+        ));
 
         let app = http::router(AppState {
             registry: Arc::clone(&registry),
@@ -143,6 +156,7 @@ impl Server {
                 ..Limits::default()
             },
             token: config.token.as_deref().map(Arc::from),
+            check_stats: Arc::clone(&check_stats),
             shutdown: shutdown.clone(),
         });
         let http_shutdown = shutdown.clone();
@@ -165,6 +179,7 @@ impl Server {
             dns_addr,
             http_addr,
             registry,
+            check_stats,
             shutdown,
             tasks,
         })

@@ -204,3 +204,231 @@ async fn instances_without_checks_stay_until_deregistered() {
     assert_eq!(served(&server).await.len(), 1);
     server.stop().await;
 }
+
+// ---- active checks: real local HTTP and TCP servers ----
+
+use support::target::{Mode, Target};
+
+/// Polls the instance's status until it is `want`; returns the target's hit count then.
+async fn await_status(server: &TestServer, service: &str, want: &str, target: &Target) -> u64 {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{service} to turn {want}"),
+        || async {
+            let reply = server.get(&format!("/v1/services/{service}")).await;
+            (reply.json["instances"][0]["status"] == want).then(|| target.hits())
+        },
+    )
+    .await
+}
+
+async fn a_count(server: &TestServer, name: &str) -> usize {
+    server.query(name, RecordType::A).await.answers.len()
+}
+
+/// The status sequence through HTTP and DNS, with the thresholds honoured exactly: the probe
+/// interval (400 ms) is far longer than the polling step (10 ms), so each probe's effect is
+/// seen before the next probe arrives.
+#[tokio::test]
+async fn http_checks_follow_the_target_with_exact_thresholds() {
+    let server = TestServer::start().await;
+    let mut target = Target::start().await;
+    server
+        .register(
+            "web",
+            "w1",
+            json!({"address": "10.0.4.1", "port": 80, "weight": 10, "weights": {"warning": 1},
+                   "check": {"type": "http", "url": target.url("/health"), "interval": "400ms",
+                             "timeout": "200ms", "failures_before_critical": 3,
+                             "successes_before_passing": 2}}),
+        )
+        .await;
+    // New: critical until the first probe, which runs at once and passes.
+    let hits = await_status(&server, "web", "passing", &target).await;
+    assert_eq!(hits, 1, "the first success passes");
+    assert_eq!(a_count(&server, "web.service.local.").await, 1);
+
+    // 500: critical on exactly the third consecutive failure.
+    target.set(Mode::Error);
+    let before = target.hits();
+    let hits = await_status(&server, "web", "critical", &target).await;
+    assert_eq!(hits - before, 3, "critical after exactly 3 failures");
+    assert_eq!(
+        a_count(&server, "web.service.local.").await,
+        0,
+        "out of DNS at once"
+    );
+    let instance = status_of(&server, "web").await;
+    let output = instance["output"].as_str().unwrap();
+    assert!(
+        output.contains("500 Internal Server Error") && output.ends_with(" ms"),
+        "{output}"
+    );
+
+    // Healthy again: passing on exactly the second success.
+    target.set(Mode::Healthy);
+    let before = target.hits();
+    let hits = await_status(&server, "web", "passing", &target).await;
+    assert_eq!(hits - before, 2, "passing after exactly 2 successes");
+    assert_eq!(a_count(&server, "web.service.local.").await, 1);
+
+    // 429: warning at once, still served, with the warning weight.
+    target.set(Mode::TooMany);
+    let before = target.hits();
+    let hits = await_status(&server, "web", "warning", &target).await;
+    assert_eq!(hits - before, 1);
+    let srv = server.query("web.service.local.", RecordType::SRV).await;
+    assert_eq!(support::srvs(&srv.answers)[0].1, 1, "warning weight");
+
+    // Slow (timeouts): critical after 3.
+    target.set(Mode::Slow);
+    let before = target.hits();
+    let hits = await_status(&server, "web", "critical", &target).await;
+    assert_eq!(hits - before, 3);
+    let output = status_of(&server, "web").await["output"].clone();
+    assert!(
+        output
+            .as_str()
+            .unwrap()
+            .starts_with("timed out after 200ms"),
+        "{output}"
+    );
+
+    // Down (refused): stays critical, and says why.
+    target.down().await;
+    eventually(
+        Duration::from_secs(5),
+        "a refused-connection output",
+        || async {
+            let output = status_of(&server, "web").await["output"].clone();
+            output
+                .as_str()
+                .is_some_and(|o| o.to_lowercase().contains("connect"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(status_of(&server, "web").await["status"], "critical");
+
+    // Up again: back after 2 successes.
+    target.set(Mode::Healthy);
+    target.up().await;
+    await_status(&server, "web", "passing", &target).await;
+    assert_eq!(a_count(&server, "web.service.local.").await, 1);
+    server.stop().await;
+}
+
+async fn status_of(server: &TestServer, service: &str) -> Value {
+    server.get(&format!("/v1/services/{service}")).await.json["instances"][0].clone()
+}
+
+#[tokio::test]
+async fn tcp_checks_connect_to_the_instance() {
+    let server = TestServer::start().await;
+    let mut target = Target::start().await;
+    server
+        .register(
+            "cache",
+            "tcp1",
+            json!({"address": "127.0.0.1", "port": target.addr.port(),
+                   "check": {"type": "tcp", "interval": "100ms", "timeout": "500ms",
+                             "failures_before_critical": 1, "successes_before_passing": 1}}),
+        )
+        .await;
+    await_status(&server, "cache", "passing", &target).await;
+    assert_eq!(a_count(&server, "cache.service.local.").await, 1);
+    let output = status_of(&server, "cache").await["output"].clone();
+    assert!(
+        output.as_str().unwrap().contains("TCP connect 127.0.0.1:"),
+        "{output}"
+    );
+
+    target.down().await;
+    await_status(&server, "cache", "critical", &target).await;
+    assert_eq!(a_count(&server, "cache.service.local.").await, 0);
+
+    target.up().await;
+    await_status(&server, "cache", "passing", &target).await;
+    assert_eq!(a_count(&server, "cache.service.local.").await, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deregistration_stops_probing_and_reregistration_replaces_the_schedule() {
+    let server = TestServer::start().await;
+    let a = Target::start().await;
+    let b = Target::start().await;
+    let check = |target: &Target| {
+        json!({"address": "10.0.4.2", "port": 80,
+               "check": {"type": "http", "url": target.url("/"), "interval": "50ms"}})
+    };
+    server.register("web", "w1", check(&a)).await;
+    eventually(Duration::from_secs(5), "a few probes of a", || async {
+        (a.hits() >= 3).then_some(())
+    })
+    .await;
+
+    // Re-registered with another check: a is no longer probed, b is.
+    server.register("web", "w1", check(&b)).await;
+    eventually(Duration::from_secs(5), "probes of b", || async {
+        (b.hits() >= 3).then_some(())
+    })
+    .await;
+    let a_hits = a.hits();
+
+    server.delete("/v1/services/web/instances/w1").await;
+    let b_hits = b.hits();
+    // Absence needs time to show: ten intervals.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.hits(), a_hits, "the replaced schedule stopped");
+    assert!(
+        b.hits() <= b_hits + 1,
+        "probing stopped at deregistration (one may be in flight)"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn active_checks_honour_deregister_after() {
+    let server = TestServer::start().await;
+    let target = Target::start().await;
+    target.set(Mode::Error);
+    server
+        .register(
+            "web",
+            "w1",
+            json!({"address": "10.0.4.3", "port": 80,
+                   "check": {"type": "http", "url": target.url("/"), "interval": "100ms",
+                             "deregister_after": "300ms"}}),
+        )
+        .await;
+    eventually(Duration::from_secs(5), "removal", || async {
+        (server.get("/v1/services/web").await.status == 404).then_some(())
+    })
+    .await;
+    let answer = server.query("web.service.local.", RecordType::A).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_health_endpoint_reports_probe_counters() {
+    let server = TestServer::start().await;
+    let target = Target::start().await;
+    server
+        .register(
+            "web",
+            "w1",
+            json!({"address": "10.0.4.4", "port": 80,
+                   "check": {"type": "http", "url": target.url("/"), "interval": "50ms"}}),
+        )
+        .await;
+    let health = eventually(Duration::from_secs(5), "a few probe runs", || async {
+        let reply = server.get("/v1/health").await;
+        (reply.json["checks"]["runs"].as_u64() >= Some(3)).then_some(reply.json)
+    })
+    .await;
+    assert_eq!(health["checks"]["probed_instances"], 1);
+    assert!(health["checks"]["lateness_ms"]["p99"].is_u64(), "{health}");
+    server.stop().await;
+}

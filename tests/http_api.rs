@@ -277,7 +277,7 @@ async fn heartbeat_and_status() {
     assert_eq!(reply.status, 200, "{}", reply.json);
     assert_eq!(reply.json["service"], "payment");
     assert_eq!(reply.json["id"], "payment-1");
-    // The http check has not passed yet (no health engine answer): the instance is critical.
+    // The http check probes a closed port: the instance is critical.
     assert_eq!(reply.json["status"], "critical");
 
     let reply = server

@@ -20,6 +20,7 @@ use axum::routing::{get, put};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::engine::CheckStats;
 use crate::registry::Registry;
 use error::ApiError;
 use registration::Limits;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Bearer token required for writes, if any.
     pub token: Option<Arc<str>>,
+    /// Counters of the active health checks, for `/v1/health`.
+    pub check_stats: Arc<CheckStats>,
     /// Ends blocking reads when the server stops.
     pub shutdown: CancellationToken,
 }

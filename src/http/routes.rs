@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
@@ -184,7 +185,7 @@ pub async fn set_maintenance(
 
 /// `GET /v1/services`
 pub async fn list_services(State(state): State<AppState>) -> Response {
-    let snapshot = state.registry.snapshot();
+    let snapshot = state.registry.view();
     let services: Vec<ServiceSummary<'_>> = snapshot
         .services
         .values()
@@ -238,11 +239,12 @@ pub async fn get_service(
     let snapshot = match query.parse()? {
         Some((index, wait)) => {
             tokio::select! {
-                snapshot = state.registry.wait_for_service(name.as_str(), index, wait) => snapshot,
-                _ = state.shutdown.cancelled() => state.registry.snapshot(),
+                _ = state.registry.wait_for_service(name.as_str(), index, wait) => {}
+                _ = state.shutdown.cancelled() => {}
             }
+            state.registry.view()
         }
-        None => state.registry.snapshot(),
+        None => state.registry.view(),
     };
     match snapshot.service(name.as_str()) {
         Some(entry) => Ok(Json(ServiceView::from(&**entry)).into_response()),
@@ -257,11 +259,25 @@ pub async fn get_service(
 pub async fn health(State(state): State<AppState>) -> Response {
     let snapshot = state.registry.snapshot();
     let instances: usize = snapshot.services.values().map(|s| s.instances.len()).sum();
+    let stats = &state.check_stats;
     let body = BTreeMap::from([
         ("status", serde_json::Value::from("ok")),
         ("index", snapshot.index.into()),
         ("services", snapshot.services.len().into()),
         ("instances", instances.into()),
+        (
+            "checks",
+            serde_json::json!({
+                "probed_instances": stats.scheduled_instances.load(Ordering::Relaxed),
+                "runs": stats.runs.load(Ordering::Relaxed),
+                "failures": stats.failures.load(Ordering::Relaxed),
+                "lateness_ms": {
+                    "p50": stats.lateness_quantile_ms(0.50),
+                    "p99": stats.lateness_quantile_ms(0.99),
+                    "max": stats.lateness_quantile_ms(1.0),
+                },
+            }),
+        ),
     ]);
     Json(body).into_response()
 }

@@ -24,6 +24,8 @@ pub struct CheckState {
     pub critical_since: Option<Instant>,
     /// Consecutive probe results in the direction opposite to the current status.
     pub streak: u32,
+    /// Has an active probe reported on this check yet?
+    pub probed: bool,
 }
 
 impl CheckState {
@@ -48,6 +50,7 @@ impl CheckState {
             last_change: wall,
             ttl_deadline,
             streak: 0,
+            probed: false,
         }
     }
 

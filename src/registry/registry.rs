@@ -8,7 +8,7 @@
 //!
 //! The lock is a `std::sync::Mutex` held only for in-memory work, never across an `.await`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,9 +17,10 @@ use tokio::sync::{Notify, watch};
 
 use super::instance::{Expiry, Instance};
 use super::model::{
-    InstanceId, InstanceStatus, Registration, ServiceName, Status, ValidationError,
+    CheckSpec, InstanceId, InstanceStatus, Registration, ServiceName, Status, ValidationError,
 };
 use super::snapshot::{DnsPolicy, ServiceEntry, Snapshot};
+use crate::health::transitions::{self, Outcome, ProbeState};
 
 /// Why a registry call was refused. Each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ struct State {
     service_index: HashMap<ServiceName, u64>,
     /// The deadline the expiry task sleeps until, if it sleeps on one.
     next_wake: Option<Instant>,
+    /// Services whose check outputs changed without a status change: republished (without a
+    /// new index) when an HTTP reader asks, not on every probe.
+    stale_outputs: BTreeSet<ServiceName>,
 }
 
 /// The registry. Cheap to share: wrap it in an `Arc`.
@@ -80,9 +84,30 @@ impl Registry {
         &self.settings
     }
 
-    /// The current snapshot. Lock-free.
+    /// The current snapshot. Lock-free. Statuses are always current; the last outputs of
+    /// active checks may lag (see [`Registry::view`]).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The current snapshot with every check output current, for HTTP readers. Probe outputs
+    /// that changed without a status change are folded in here, on demand, so that thousands
+    /// of probes a second do not each rebuild a snapshot. Does not change the index.
+    pub fn view(&self) -> Arc<Snapshot> {
+        {
+            let mut state = self.lock();
+            if !state.stale_outputs.is_empty() {
+                let services = std::mem::take(&mut state.stale_outputs);
+                let services: Vec<ServiceName> = services.into_iter().collect();
+                self.rebuild(&mut state, &services, false);
+            }
+        }
+        self.snapshot()
+    }
+
+    /// Notified with the new index after every committed change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The current registry index. Lock-free.
@@ -257,6 +282,51 @@ impl Registry {
         Ok(instance)
     }
 
+    /// Applies one active probe result to the check `spec` of an instance. A result for a
+    /// check that no longer exists as probed (deregistered, or re-registered with another
+    /// check) is dropped: `Ok(false)`. Returns whether the instance is still registered.
+    pub fn record_probe(
+        &self,
+        service: &ServiceName,
+        id: &InstanceId,
+        spec: &CheckSpec,
+        outcome: Outcome,
+        output: String,
+    ) -> bool {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut state = self.lock();
+        let Some(current) = state.services.get(service).and_then(|m| m.get(id)) else {
+            return false;
+        };
+        let Some(i) = current.checks.iter().position(|c| c.spec == *spec) else {
+            return true;
+        };
+        let mut instance = Instance::clone(current);
+        let check = &mut instance.checks[i];
+        let before = ProbeState {
+            status: check.status,
+            streak: check.streak,
+            probed: check.probed,
+        };
+        let after = transitions::next(before, outcome, spec);
+        check.set(after.status, output, now, wall);
+        check.streak = after.streak;
+        check.probed = true;
+        let previous = instance.status;
+        let status_changed = instance.refresh_status(wall).is_some();
+        let instance = Arc::new(instance);
+        let deadline = instance.next_deadline();
+        put_instance(&mut state, service, Arc::clone(&instance));
+        if after.status != before.status || status_changed {
+            log_status(&instance, previous, "active check");
+            self.watch_deadline(&mut state, deadline);
+            self.publish(state, std::slice::from_ref(service));
+        } else {
+            state.stale_outputs.insert(service.clone());
+        }
+        true
+    }
+
     /// Applies the passage of time: expires missed TTLs and removes instances critical for
     /// longer than their `deregister_after`. Returns the next instant worth waking for.
     pub fn expire_due(&self) -> Option<Instant> {
@@ -307,26 +377,19 @@ impl Registry {
         self.deadline_moved.notified().await
     }
 
-    /// Waits until `service` changes after `index`, or `wait` passes; returns the snapshot
-    /// then current.
-    pub async fn wait_for_service(
-        &self,
-        service: &str,
-        index: u64,
-        wait: Duration,
-    ) -> Arc<Snapshot> {
+    /// Waits until `service` changes after `index`, or `wait` passes.
+    pub async fn wait_for_service(&self, service: &str, index: u64, wait: Duration) {
         let mut changes = self.changes.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             changes.borrow_and_update();
-            let snapshot = self.snapshot();
             if self.service_index(service) > index {
-                return snapshot;
+                return;
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => continue,
                 // Timed out, or the registry is shutting down.
-                _ => return self.snapshot(),
+                _ => return,
             }
         }
     }
@@ -347,14 +410,28 @@ impl Registry {
     }
 
     /// Commits a change to `services`: bumps the index, rebuilds their entries and publishes
-    /// the new snapshot before the lock is released.
+    /// the new snapshot before the lock is released, then wakes blocking readers.
     fn publish(&self, mut state: MutexGuard<'_, State>, services: &[ServiceName]) {
-        state.index += 1;
+        let index = self.rebuild(&mut state, services, true);
+        drop(state);
+        self.changes.send_replace(index);
+    }
+
+    /// Rebuilds the entries of `services` and stores a new snapshot; with `bump`, under a new
+    /// index (a change), else under the current one (fresher outputs only). Returns the index.
+    fn rebuild(&self, state: &mut State, services: &[ServiceName], bump: bool) -> u64 {
+        if bump {
+            state.index += 1;
+        }
         let index = state.index;
         let previous = self.snapshot.load();
         let mut map = BTreeMap::clone(&previous.services);
         for service in services {
-            state.service_index.insert(service.clone(), index);
+            if bump {
+                state.service_index.insert(service.clone(), index);
+                state.stale_outputs.remove(service);
+            }
+            let entry_index = state.service_index.get(service).copied().unwrap_or(index);
             let instances: Vec<Arc<Instance>> = state
                 .services
                 .get(service)
@@ -364,8 +441,12 @@ impl Registry {
                 state.services.remove(service);
                 map.remove(service);
             } else {
-                let entry =
-                    ServiceEntry::build(service.clone(), index, instances, &self.settings.dns);
+                let entry = ServiceEntry::build(
+                    service.clone(),
+                    entry_index,
+                    instances,
+                    &self.settings.dns,
+                );
                 map.insert(service.clone(), Arc::new(entry));
             }
         }
@@ -373,8 +454,7 @@ impl Registry {
             index,
             services: Arc::new(map),
         }));
-        drop(state);
-        self.changes.send_replace(index);
+        index
     }
 }
 

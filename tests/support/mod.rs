@@ -1,6 +1,9 @@
 //! Shared test support: a real srvdns server on ephemeral loopback ports, a DNS client
 //! (hickory-proto messages over real UDP and TCP sockets) and an HTTP client (reqwest).
+//! `target` is a flippable local HTTP/TCP server for health checks to probe.
 #![allow(dead_code)]
+
+pub mod target;
 
 use std::future::Future;
 use std::net::SocketAddr;
