@@ -7,7 +7,6 @@
 //! addresses and can send traffic at once.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -23,6 +22,8 @@ use crate::health::engine::CheckStats;
 use crate::health::probe::Prober;
 use crate::http::{self, AppState, registration::Limits};
 use crate::registry::{DnsPolicy, Registry, RegistrySettings};
+use crate::store::StoreError;
+use crate::store::embedded::EmbeddedStore;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +38,8 @@ pub enum StartError {
     },
     #[error("cannot set up the HTTP client for health checks: {0}")]
     Prober(#[from] reqwest::Error),
-    #[error("cannot create the data directory {}: {source}", path.display())]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A running server.
@@ -71,21 +69,36 @@ impl Server {
     /// Binds every socket and starts every task.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let zones = load_zones(&config)?;
-        if let Some(dir) = &config.data_dir {
-            // The durable store lives here (see the durability issue); for now srvdns only
-            // makes sure it can create it, so a bad path fails at start, not later.
-            std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        let registry = Arc::new(Registry::new(RegistrySettings {
+        let settings = RegistrySettings {
             dns: DnsPolicy {
                 domain: config.domain.clone(),
                 only_passing: config.only_passing,
             },
             static_names: zones.service_labels_taken(&config.domain),
-        }));
+        };
+        // The registry is restored before any socket opens: the first DNS answer and the
+        // first HTTP read already see every acknowledged registration.
+        let registry = match &config.data_dir {
+            Some(dir) => {
+                let store = EmbeddedStore::open(dir)?;
+                let registry = Registry::open(settings, Arc::new(store))?;
+                let snapshot = registry.snapshot();
+                tracing::info!(
+                    data_dir = %dir.display(),
+                    services = snapshot.services.len(),
+                    instances = snapshot.services.values().map(|s| s.instances.len()).sum::<usize>(),
+                    index = snapshot.index,
+                    "registry restored"
+                );
+                registry
+            }
+            None => {
+                tracing::info!(
+                    "memory-only registry (--data-dir none): nothing survives a restart"
+                );
+                Arc::new(Registry::new(settings))
+            }
+        };
 
         let (udp, tcp) = dns_server::bind(config.dns_listen)
             .await
@@ -189,6 +202,10 @@ impl Server {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.tasks.wait().await;
+        // Every task has ended: nothing writes any more. Close the store (releasing its lock)
+        // before returning, so a restart can open it at once.
+        let registry = self.registry;
+        let _ = tokio::task::spawn_blocking(move || registry.close()).await;
         tracing::info!("srvdns stopped");
     }
 

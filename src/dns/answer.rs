@@ -327,18 +327,17 @@ enum Selection<'a> {
 }
 
 impl Selection<'_> {
-    /// Does the name exist: does any registered instance (healthy or not) match?
+    /// Does the name exist: does any registered instance (healthy or not) match? Only asked
+    /// when no served instance matches, so the scan stays off the common path.
     fn exists(&self, entry: &ServiceEntry) -> bool {
-        match self {
+        entry.dns.instances.iter().any(|i| match self {
             Self::All => true,
-            Self::Tag(tag) => entry.dns.tags.contains(*tag),
-            Self::Protocol(p) => entry.dns.protocols.contains(p.as_str()),
-            Self::NamedPort(port, p) => entry
-                .dns
-                .port_names
-                .iter()
-                .any(|(name, proto)| name == port && *proto == p.as_str()),
-        }
+            Self::Tag(tag) => i.tags.iter().any(|t| t == tag),
+            Self::Protocol(p) => i.protocol == p.as_str(),
+            Self::NamedPort(port, p) => {
+                i.protocol == p.as_str() && i.port_names.iter().any(|name| name == port)
+            }
+        })
     }
 
     /// The port a served instance matches with, if it matches.
@@ -425,15 +424,14 @@ fn lookup_domain<R: Rng>(
     let Some(entry) = snapshot.service(service) else {
         return nxdomain();
     };
-    if !selection.exists(entry) {
-        return nxdomain();
-    }
     let selected: Vec<(&Served, u16)> = entry
         .dns
-        .served
-        .iter()
+        .served()
         .filter_map(|served| selection.port_of(served).map(|port| (served, port)))
         .collect();
+    if selected.is_empty() && !selection.exists(entry) {
+        return nxdomain();
+    }
     match qtype {
         RecordType::SRV => srv_answer(authority, query, selected, rng),
         RecordType::A | RecordType::AAAA | RecordType::ANY if !srv_only => {

@@ -85,6 +85,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::InstanceNotFound { .. } | RegistryError::ServiceNotFound(_) => {
                 Self::not_found(e.to_string())
             }
+            RegistryError::Store(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             RegistryError::StaticClash { .. } => Self {
                 status: StatusCode::CONFLICT,
                 message: e.to_string(),

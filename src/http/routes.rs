@@ -91,7 +91,7 @@ pub async fn register(
     let id = instance_id(&id)?;
     let parsed: RegistrationBody = parse_json(&body)?;
     let registration = parsed.validate(service, id, peer.ip().to_canonical(), &state.limits)?;
-    let instance = state.registry.register(registration)?;
+    let instance = state.registry.register(registration).await?;
     Ok(Json(InstanceView::from(&*instance)).into_response())
 }
 
@@ -100,7 +100,7 @@ pub async fn deregister(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.registry.deregister(&service, &id)?;
+    state.registry.deregister(&service, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -117,7 +117,8 @@ pub async fn heartbeat(
 ) -> Result<Response, ApiError> {
     let instance = state
         .registry
-        .heartbeat(&service, &id, query.check.as_deref())?;
+        .heartbeat(&service, &id, query.check.as_deref())
+        .await?;
     Ok(Json(StatusView::from(&*instance)).into_response())
 }
 
@@ -147,10 +148,10 @@ pub async fn set_status(
             format!("output must be at most {MAX_OUTPUT_BYTES} bytes"),
         ));
     }
-    let instance =
-        state
-            .registry
-            .set_status(&service, &id, query.check.as_deref(), status, output)?;
+    let instance = state
+        .registry
+        .set_status(&service, &id, query.check.as_deref(), status, output)
+        .await?;
     Ok(Json(StatusView::from(&*instance)).into_response())
 }
 
@@ -179,7 +180,10 @@ pub async fn set_maintenance(
             format!("reason must be at most {MAX_OUTPUT_BYTES} bytes"),
         ));
     }
-    let instance = state.registry.set_maintenance(&service, &id, reason)?;
+    let instance = state
+        .registry
+        .set_maintenance(&service, &id, reason)
+        .await?;
     Ok(Json(InstanceView::from(&*instance)).into_response())
 }
 

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::model::{CheckKind, CheckSpec, InstanceStatus, Registration, Status};
+use crate::store::{StoredCheck, StoredInstance};
 
 /// The live state of one check.
 #[derive(Debug, Clone)]
@@ -220,6 +221,47 @@ impl Instance {
         } else {
             Expiry::Unchanged
         }
+    }
+
+    /// What the store keeps of this instance.
+    pub fn to_stored(&self) -> StoredInstance {
+        StoredInstance {
+            registration: self.registration.clone(),
+            maintenance: self.maintenance.clone(),
+            own_status: self.own_status,
+            own_output: self.own_output.clone(),
+            checks: self
+                .checks
+                .iter()
+                .map(|c| StoredCheck {
+                    name: c.spec.name.clone(),
+                    status: c.status,
+                    output: c.output.clone(),
+                    last_change: c.last_change,
+                })
+                .collect(),
+            registered_at: self.registered_at,
+            last_change: self.last_change,
+        }
+    }
+
+    /// An instance restored from the store at `now`: statuses as stored, TTL deadlines and
+    /// `deregister_after` clocks restarted, active checks not yet probed (they run at once).
+    pub fn from_stored(stored: StoredInstance, now: Instant, wall: SystemTime) -> Self {
+        let mut instance = Self::new(stored.registration, now, wall);
+        for check in &mut instance.checks {
+            if let Some(saved) = stored.checks.iter().find(|s| s.name == check.spec.name) {
+                check.set(saved.status, saved.output.clone(), now, saved.last_change);
+                check.last_change = saved.last_change;
+            }
+        }
+        instance.maintenance = stored.maintenance;
+        instance.own_status = stored.own_status;
+        instance.own_output = stored.own_output;
+        instance.registered_at = stored.registered_at;
+        instance.status = instance.derive_status();
+        instance.last_change = stored.last_change;
+        instance
     }
 
     /// The earliest instant at which [`Instance::expire`] may change something.

@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// A field that failed validation, and why. Becomes a 400 with `{"error", "field"}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -39,7 +41,8 @@ pub fn is_dns_label(s: &str) -> bool {
 }
 
 /// A service name: a DNS label, case-folded. `addr` is reserved for address names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ServiceName(String);
 
 impl ServiceName {
@@ -75,6 +78,20 @@ impl TryFrom<&str> for ServiceName {
     }
 }
 
+impl TryFrom<String> for ServiceName {
+    type Error = ValidationError;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::try_from(raw.as_str())
+    }
+}
+
+impl From<ServiceName> for String {
+    fn from(name: ServiceName) -> Self {
+        name.0
+    }
+}
+
 impl fmt::Display for ServiceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -82,7 +99,8 @@ impl fmt::Display for ServiceName {
 }
 
 /// An instance ID: 1–128 characters of `[A-Za-z0-9._:-]`. Case is kept; IDs never appear in DNS.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct InstanceId(String);
 
 impl InstanceId {
@@ -112,6 +130,20 @@ impl TryFrom<&str> for InstanceId {
     }
 }
 
+impl TryFrom<String> for InstanceId {
+    type Error = ValidationError;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::try_from(raw.as_str())
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(id: InstanceId) -> Self {
+        id.0
+    }
+}
+
 impl fmt::Display for InstanceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -119,7 +151,8 @@ impl fmt::Display for InstanceId {
 }
 
 /// Where an instance is reached: an IP literal, or a hostname for external services.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Address {
     Ip(IpAddr),
     /// An RFC 1123 hostname, lowercased and without a trailing dot. Served as an SRV target
@@ -161,6 +194,20 @@ impl Address {
     }
 }
 
+impl TryFrom<String> for Address {
+    type Error = ValidationError;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw, "address")
+    }
+}
+
+impl From<Address> for String {
+    fn from(address: Address) -> Self {
+        address.to_string()
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -171,7 +218,8 @@ impl fmt::Display for Address {
 }
 
 /// The transport an instance serves, for `_<service>._tcp` / `_udp` SRV names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
     Tcp,
@@ -188,7 +236,8 @@ impl Protocol {
 }
 
 /// A check's or an instance's health. Ordered from best to worst, so `max` is "the worst of".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Passing,
     Warning,
@@ -260,7 +309,8 @@ impl fmt::Display for InstanceStatus {
 }
 
 /// How a check decides health.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum CheckKind {
     /// GET (or `method`) the URL: 2xx passing, 429 warning, anything else a failure.
     Http {
@@ -290,7 +340,7 @@ impl CheckKind {
 }
 
 /// One validated check of an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSpec {
     /// Unique within the instance.
     pub name: String,
@@ -320,7 +370,7 @@ impl CheckSpec {
 }
 
 /// A validated registration: everything a client said about one instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
     pub service: ServiceName,
     pub id: InstanceId,

@@ -9,7 +9,7 @@
 //! The lock is a `std::sync::Mutex` held only for in-memory work, never across an `.await`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -21,6 +21,8 @@ use super::model::{
 };
 use super::snapshot::{DnsPolicy, ServiceEntry, Snapshot};
 use crate::health::transitions::{self, Outcome, ProbeState};
+use crate::store::commit::{Committer, Ticket};
+use crate::store::{Change, Store, StoreError};
 
 /// Why a registry call was refused. Each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum RegistryError {
     ServiceNotFound(String),
     #[error("service name {service:?} clashes with the static record {record} from the zone files")]
     StaticClash { service: String, record: String },
+    #[error("the change could not be made durable, so it was not applied: {0}")]
+    Store(Arc<StoreError>),
 }
 
 /// Fixed settings of a registry.
@@ -59,7 +63,6 @@ struct State {
 }
 
 /// The registry. Cheap to share: wrap it in an `Arc`.
-#[derive(Debug)]
 pub struct Registry {
     state: Mutex<State>,
     snapshot: ArcSwap<Snapshot>,
@@ -67,9 +70,12 @@ pub struct Registry {
     /// Wakes the expiry task when a deadline earlier than the one it sleeps on appears.
     deadline_moved: Notify,
     settings: RegistrySettings,
+    /// Makes changes durable; `None` for a memory-only registry, and after [`Registry::close`].
+    committer: Mutex<Option<Committer>>,
 }
 
 impl Registry {
+    /// A memory-only registry.
     pub fn new(settings: RegistrySettings) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -77,7 +83,93 @@ impl Registry {
             changes: watch::channel(0).0,
             deadline_moved: Notify::new(),
             settings,
+            committer: Mutex::new(None),
         }
+    }
+
+    /// A durable registry: restored from `store`, and acknowledging changes only once the
+    /// store has them.
+    pub fn open(
+        settings: RegistrySettings,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let restored = store.load()?;
+        let registry = Arc::new(Self::new(settings));
+        {
+            let mut state = registry.lock();
+            registry.restore(&mut state, restored);
+        }
+        let weak: Weak<Self> = Arc::downgrade(&registry);
+        let committer = Committer::start(
+            store,
+            Box::new(move |store, fail_queued| match weak.upgrade() {
+                Some(registry) => registry.revert_to_store(store, fail_queued),
+                None => fail_queued(),
+            }),
+        )
+        .map_err(|e| StoreError::Open {
+            file: "the store thread".into(),
+            detail: e.to_string(),
+        })?;
+        *registry
+            .committer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(committer);
+        Ok(registry)
+    }
+
+    /// Writes what is queued and closes the store. Later changes are kept in memory only.
+    pub fn close(&self) {
+        let committer = self
+            .committer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(committer) = committer {
+            committer.close();
+        }
+    }
+
+    /// Replaces the in-memory state with what the store holds, and publishes it.
+    fn restore(&self, state: &mut State, restored: crate::store::Restored) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let before: Vec<ServiceName> = state.services.keys().cloned().collect();
+        state.services.clear();
+        state.index = state.index.max(restored.index);
+        let mut next = None;
+        for stored in restored.instances {
+            let instance = Instance::from_stored(stored, now, wall);
+            next = next.into_iter().chain(instance.next_deadline()).min();
+            let reg = &instance.registration;
+            state
+                .services
+                .entry(reg.service.clone())
+                .or_default()
+                .insert(reg.id.clone(), Arc::new(instance));
+        }
+        let mut services: BTreeSet<ServiceName> = before.into_iter().collect();
+        services.extend(state.services.keys().cloned());
+        let services: Vec<ServiceName> = services.into_iter().collect();
+        self.rebuild(state, &services, true);
+        state.next_wake = None;
+        self.watch_deadline(state, next);
+    }
+
+    /// After a failed store write: fails every queued change and goes back to the stored
+    /// registry, so that nothing unacknowledged stays.
+    fn revert_to_store(&self, store: &dyn Store, fail_queued: &dyn Fn()) {
+        let mut state = self.lock();
+        // Under the lock no new change can be queued: fail what is queued now.
+        fail_queued();
+        match store.load() {
+            Ok(restored) => self.restore(&mut state, restored),
+            Err(error) => {
+                tracing::error!(%error, "cannot reload the store after a failed write; serving the last state");
+            }
+        }
+        let index = state.index;
+        drop(state);
+        self.changes.send_replace(index);
     }
 
     pub fn settings(&self) -> &RegistrySettings {
@@ -123,8 +215,20 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers an instance, or replaces its registration (idempotent).
-    pub fn register(&self, registration: Registration) -> Result<Arc<Instance>, RegistryError> {
+    /// Registers an instance, or replaces its registration (idempotent). Returns once durable.
+    pub async fn register(
+        &self,
+        registration: Registration,
+    ) -> Result<Arc<Instance>, RegistryError> {
+        let (instance, ticket) = self.apply_register(registration)?;
+        ticket.wait().await.map_err(RegistryError::Store)?;
+        Ok(instance)
+    }
+
+    fn apply_register(
+        &self,
+        registration: Registration,
+    ) -> Result<(Arc<Instance>, Ticket), RegistryError> {
         if let Some(record) = self
             .settings
             .static_names
@@ -159,34 +263,40 @@ impl Registry {
             }
         };
         let instance = Arc::new(instance);
-        instances.insert(id, Arc::clone(&instance));
+        instances.insert(id.clone(), Arc::clone(&instance));
         self.watch_deadline(&mut state, instance.next_deadline());
-        self.publish(state, &[service]);
-        Ok(instance)
+        let ticket = self.commit(state, &[(service, id)], true);
+        Ok((instance, ticket))
     }
 
-    /// Removes an instance.
-    pub fn deregister(&self, service: &str, id: &str) -> Result<(), RegistryError> {
-        let mut state = self.lock();
-        let (service_name, removed) = remove_instance(&mut state, service, id)?;
-        tracing::info!(service = %service_name, instance = %removed.registration.id, "instance deregistered");
-        self.publish(state, &[service_name]);
-        Ok(())
+    /// Removes an instance. Returns once durable.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), RegistryError> {
+        let ticket = {
+            let mut state = self.lock();
+            let (service_name, removed) = remove_instance(&mut state, service, id)?;
+            let id = removed.registration.id.clone();
+            tracing::info!(service = %service_name, instance = %id, "instance deregistered");
+            self.commit(state, &[(service_name, id)], true)
+        };
+        ticket.wait().await.map_err(RegistryError::Store)
     }
 
     /// A TTL heartbeat: renews every `ttl` check of the instance, or the one named `check`.
-    pub fn heartbeat(
+    pub async fn heartbeat(
         &self,
         service: &str,
         id: &str,
         check: Option<&str>,
     ) -> Result<Arc<Instance>, RegistryError> {
-        self.update_ttl_checks(service, id, check, Status::Passing, None)
+        let (instance, ticket) =
+            self.update_ttl_checks(service, id, check, Status::Passing, None)?;
+        ticket.wait().await.map_err(RegistryError::Store)?;
+        Ok(instance)
     }
 
     /// Sets the status of the instance's `ttl` checks (or the one named `check`); an instance
     /// without checks takes it as its own status. Counts as a heartbeat for those checks.
-    pub fn set_status(
+    pub async fn set_status(
         &self,
         service: &str,
         id: &str,
@@ -194,7 +304,10 @@ impl Registry {
         status: Status,
         output: String,
     ) -> Result<Arc<Instance>, RegistryError> {
-        self.update_ttl_checks(service, id, check, status, Some(output))
+        let (instance, ticket) =
+            self.update_ttl_checks(service, id, check, status, Some(output))?;
+        ticket.wait().await.map_err(RegistryError::Store)?;
+        Ok(instance)
     }
 
     fn update_ttl_checks(
@@ -204,7 +317,7 @@ impl Registry {
         check: Option<&str>,
         status: Status,
         output: Option<String>,
-    ) -> Result<Arc<Instance>, RegistryError> {
+    ) -> Result<(Arc<Instance>, Ticket), RegistryError> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut state = self.lock();
         let (service_name, mut instance) = find_instance(&state, service, id)?;
@@ -258,17 +371,29 @@ impl Registry {
         let deadline = instance.next_deadline();
         put_instance(&mut state, &service_name, Arc::clone(&instance));
         self.watch_deadline(&mut state, deadline);
-        self.publish(state, &[service_name]);
-        Ok(instance)
+        let key = (service_name, instance.registration.id.clone());
+        let ticket = self.commit(state, &[key], true);
+        Ok((instance, ticket))
     }
 
     /// Puts an instance in maintenance (out of DNS, still registered) or takes it out.
-    pub fn set_maintenance(
+    pub async fn set_maintenance(
         &self,
         service: &str,
         id: &str,
         reason: Option<String>,
     ) -> Result<Arc<Instance>, RegistryError> {
+        let (instance, ticket) = self.apply_maintenance(service, id, reason)?;
+        ticket.wait().await.map_err(RegistryError::Store)?;
+        Ok(instance)
+    }
+
+    fn apply_maintenance(
+        &self,
+        service: &str,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<(Arc<Instance>, Ticket), RegistryError> {
         let wall = SystemTime::now();
         let mut state = self.lock();
         let (service_name, mut instance) = find_instance(&state, service, id)?;
@@ -278,8 +403,9 @@ impl Registry {
         log_status(&instance, before, "maintenance over the API");
         let instance = Arc::new(instance);
         put_instance(&mut state, &service_name, Arc::clone(&instance));
-        self.publish(state, &[service_name]);
-        Ok(instance)
+        let key = (service_name, instance.registration.id.clone());
+        let ticket = self.commit(state, &[key], true);
+        Ok((instance, ticket))
     }
 
     /// Applies one active probe result to the check `spec` of an instance. A result for a
@@ -320,7 +446,7 @@ impl Registry {
         if after.status != before.status || status_changed {
             log_status(&instance, previous, "active check");
             self.watch_deadline(&mut state, deadline);
-            self.publish(state, std::slice::from_ref(service));
+            self.commit(state, &[(service.clone(), id.clone())], false);
         } else {
             state.stale_outputs.insert(service.clone());
         }
@@ -332,10 +458,9 @@ impl Registry {
     pub fn expire_due(&self) -> Option<Instant> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut state = self.lock();
-        let mut changed = Vec::new();
+        let mut changed: Vec<(ServiceName, InstanceId)> = Vec::new();
         let mut next: Option<Instant> = None;
         for (service, instances) in &mut state.services {
-            let mut service_changed = false;
             instances.retain(|id, instance| {
                 let mut updated = Instance::clone(instance);
                 let before = updated.status;
@@ -345,7 +470,7 @@ impl Registry {
                         updated.refresh_status(wall);
                         log_status(&updated, before, "ttl expired");
                         *instance = Arc::new(updated);
-                        service_changed = true;
+                        changed.push((service.clone(), id.clone()));
                     }
                     Expiry::Remove { check, after } => {
                         tracing::info!(
@@ -353,20 +478,17 @@ impl Registry {
                             after = %humantime::format_duration(after),
                             "instance deregistered: critical for longer than deregister_after"
                         );
-                        service_changed = true;
+                        changed.push((service.clone(), id.clone()));
                         return false;
                     }
                 }
                 next = next.into_iter().chain(instance.next_deadline()).min();
                 true
             });
-            if service_changed {
-                changed.push(service.clone());
-            }
         }
         state.next_wake = next;
         if !changed.is_empty() {
-            self.publish(state, &changed);
+            self.commit(state, &changed, false);
         }
         next
     }
@@ -409,12 +531,50 @@ impl Registry {
         }
     }
 
-    /// Commits a change to `services`: bumps the index, rebuilds their entries and publishes
-    /// the new snapshot before the lock is released, then wakes blocking readers.
-    fn publish(&self, mut state: MutexGuard<'_, State>, services: &[ServiceName]) {
-        let index = self.rebuild(&mut state, services, true);
+    /// Commits a change to the instances `touched`: bumps the index, queues each instance's
+    /// new state (or its removal) for the store, rebuilds the services' entries and publishes
+    /// the new snapshot before the lock is released, then wakes blocking readers. The ticket
+    /// resolves when the change is durable (`wait`), at once otherwise.
+    fn commit(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        touched: &[(ServiceName, InstanceId)],
+        wait: bool,
+    ) -> Ticket {
+        let services: Vec<ServiceName> = touched
+            .iter()
+            .map(|(service, _)| service.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let index = self.rebuild(&mut state, &services, true);
+        let mut ticket = Ticket::done();
+        let committer = self
+            .committer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(committer) = committer.as_ref() {
+            for (i, (service, id)) in touched.iter().enumerate() {
+                let change = match state.services.get(service).and_then(|m| m.get(id)) {
+                    Some(instance) => Change::Put(Box::new(instance.to_stored())),
+                    None => Change::Delete {
+                        service: service.clone(),
+                        id: id.clone(),
+                    },
+                };
+                // Changes are queued in order; the last one's ticket resolves after all the
+                // others (they share its batch or an earlier one).
+                if wait && i + 1 == touched.len() {
+                    ticket = committer.submit(index, change);
+                } else {
+                    committer.submit_detached(index, change);
+                }
+            }
+        }
+        drop(committer);
         drop(state);
         self.changes.send_replace(index);
+        ticket
     }
 
     /// Rebuilds the entries of `services` and stores a new snapshot; with `bump`, under a new
@@ -446,6 +606,7 @@ impl Registry {
                     entry_index,
                     instances,
                     &self.settings.dns,
+                    previous.services.get(service).map(|e| &**e),
                 );
                 map.insert(service.clone(), Arc::new(entry));
             }

@@ -7,7 +7,7 @@
 //! only filters and orders.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -58,15 +58,69 @@ pub struct DnsPolicy {
 /// The DNS-ready view of one service.
 #[derive(Debug, Default)]
 pub struct ServiceDns {
-    /// Instances that DNS serves, with their effective weight.
-    pub served: Vec<Served>,
-    /// Lowercase DNS-label tags of every registered instance, healthy or not: a tag name
-    /// exists (NODATA rather than NXDOMAIN) while any instance carries the tag.
-    pub tags: BTreeSet<String>,
-    /// Protocols of every registered instance.
-    pub protocols: BTreeSet<&'static str>,
-    /// `(port name, protocol)` of every registered instance.
-    pub port_names: BTreeSet<(String, &'static str)>,
+    /// One entry per instance, parallel to [`ServiceEntry::instances`]. Built once per
+    /// instance version and shared by later snapshots while the instance does not change, so
+    /// a change to one instance of a large service costs little more than that instance.
+    pub instances: Vec<Arc<InstanceDns>>,
+}
+
+impl ServiceDns {
+    /// The instances DNS serves.
+    pub fn served(&self) -> impl Iterator<Item = &Served> {
+        self.instances.iter().filter_map(|i| i.served.as_ref())
+    }
+}
+
+/// What DNS needs of one instance.
+#[derive(Debug)]
+pub struct InstanceDns {
+    /// `None` while the instance is not served (critical, maintenance, warning with
+    /// `only_passing`).
+    pub served: Option<Served>,
+    /// Lowercase tags that are DNS labels.
+    pub tags: Vec<String>,
+    pub protocol: &'static str,
+    pub port_names: Vec<String>,
+}
+
+impl InstanceDns {
+    fn build(instance: &Instance, policy: &DnsPolicy) -> Self {
+        let reg = &instance.registration;
+        let tags: Vec<String> = reg
+            .tags
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .filter(|t| is_dns_label(t))
+            .collect();
+        let weight = match instance.status {
+            InstanceStatus::Passing => Some(reg.weight),
+            InstanceStatus::Warning if !policy.only_passing => Some(reg.warning_weight),
+            _ => None,
+        };
+        let target = match &reg.address {
+            Address::Ip(ip) => Some((addr_name(*ip, &policy.domain), Some(*ip))),
+            // Validated at registration; a name hickory cannot hold is not served.
+            Address::Host(host) => Name::from_ascii(format!("{host}."))
+                .ok()
+                .map(|name| (name, None)),
+        };
+        let served = weight.zip(target).map(|(weight, (target, ip))| Served {
+            priority: reg.priority,
+            weight,
+            port: reg.port,
+            protocol: reg.protocol,
+            tags: tags.clone(),
+            ports: reg.ports.clone(),
+            target,
+            ip,
+        });
+        Self {
+            served,
+            tags,
+            protocol: reg.protocol.as_str(),
+            port_names: reg.ports.keys().cloned().collect(),
+        }
+    }
 }
 
 /// One instance as DNS serves it.
@@ -87,51 +141,39 @@ pub struct Served {
 }
 
 impl ServiceEntry {
+    /// Builds the entry for `instances` (sorted by ID), reusing the DNS data of instances
+    /// that are unchanged since `previous`.
     pub fn build(
         name: ServiceName,
         index: u64,
         instances: Vec<Arc<Instance>>,
         policy: &DnsPolicy,
+        previous: Option<&ServiceEntry>,
     ) -> Self {
-        let mut dns = ServiceDns::default();
+        let mut reusable =
+            previous.map(|p| p.instances.iter().zip(p.dns.instances.iter()).peekable());
+        let mut dns = ServiceDns {
+            instances: Vec::with_capacity(instances.len()),
+        };
         for instance in &instances {
-            let reg = &instance.registration;
-            let tags: Vec<String> = reg
-                .tags
-                .iter()
-                .map(|t| t.to_ascii_lowercase())
-                .filter(|t| is_dns_label(t))
-                .collect();
-            dns.tags.extend(tags.iter().cloned());
-            dns.protocols.insert(reg.protocol.as_str());
-            dns.port_names.extend(
-                reg.ports
-                    .keys()
-                    .map(|port| (port.clone(), reg.protocol.as_str())),
-            );
-            let weight = match instance.status {
-                InstanceStatus::Passing => reg.weight,
-                InstanceStatus::Warning if !policy.only_passing => reg.warning_weight,
-                _ => continue,
-            };
-            let (target, ip) = match &reg.address {
-                Address::Ip(ip) => (addr_name(*ip, &policy.domain), Some(*ip)),
-                Address::Host(host) => match Name::from_ascii(format!("{host}.")) {
-                    Ok(name) => (name, None),
-                    // Validated at registration; a name hickory cannot hold is not served.
-                    Err(_) => continue,
-                },
-            };
-            dns.served.push(Served {
-                priority: reg.priority,
-                weight,
-                port: reg.port,
-                protocol: reg.protocol,
-                tags,
-                ports: reg.ports.clone(),
-                target,
-                ip,
-            });
+            let mut cached = None;
+            if let Some(old) = reusable.as_mut() {
+                // Both lists are sorted by ID: advance past IDs that are gone.
+                while let Some((old_instance, _)) = old.peek() {
+                    if old_instance.registration.id < instance.registration.id {
+                        old.next();
+                    } else {
+                        break;
+                    }
+                }
+                if let Some((old_instance, old_dns)) = old.peek()
+                    && Arc::ptr_eq(old_instance, instance)
+                {
+                    cached = Some(Arc::clone(old_dns));
+                }
+            }
+            dns.instances
+                .push(cached.unwrap_or_else(|| Arc::new(InstanceDns::build(instance, policy))));
         }
         Self {
             name,
