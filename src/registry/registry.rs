@@ -100,6 +100,25 @@ impl Registry {
 
     /// Registers an instance, or replaces its registration (idempotent).
     pub fn register(&self, registration: Registration) -> Result<Arc<Instance>, RegistryError> {
+        self.register_inner(registration, false)
+    }
+
+    /// Registers an instance whose ID is unique across services, as on a Consul agent: an
+    /// instance with the same ID under another service is removed in the same change (one
+    /// index bump, one snapshot), so no reader ever sees the ID twice, or not at all. The
+    /// Consul-compatible API registers through this; the native API keeps IDs per service.
+    pub fn register_replacing_id(
+        &self,
+        registration: Registration,
+    ) -> Result<Arc<Instance>, RegistryError> {
+        self.register_inner(registration, true)
+    }
+
+    fn register_inner(
+        &self,
+        registration: Registration,
+        replace_id_elsewhere: bool,
+    ) -> Result<Arc<Instance>, RegistryError> {
         if let Some(record) = self
             .settings
             .static_names
@@ -114,6 +133,18 @@ impl Registry {
         let mut state = self.lock();
         let service = registration.service.clone();
         let id = registration.id.clone();
+        let mut changed = Vec::new();
+        if replace_id_elsewhere {
+            for (other, instances) in &mut state.services {
+                if *other != service && instances.remove(&id).is_some() {
+                    tracing::info!(
+                        service = %other, instance = %id, moved_to = %service,
+                        "instance deregistered: its ID was registered under another service"
+                    );
+                    changed.push(other.clone());
+                }
+            }
+        }
         let instances = state.services.entry(service.clone()).or_default();
         let instance = match instances.get(&id) {
             Some(existing) => {
@@ -136,7 +167,8 @@ impl Registry {
         let instance = Arc::new(instance);
         instances.insert(id, Arc::clone(&instance));
         self.watch_deadline(&mut state, instance.next_deadline());
-        self.publish(state, &[service]);
+        changed.push(service);
+        self.publish(state, &changed);
         Ok(instance)
     }
 
@@ -321,6 +353,25 @@ impl Registry {
             changes.borrow_and_update();
             let snapshot = self.snapshot();
             if self.service_index(service) > index {
+                return snapshot;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the registry is shutting down.
+                _ => return self.snapshot(),
+            }
+        }
+    }
+
+    /// Waits until anything changes after `index`, or `wait` passes; returns the snapshot then
+    /// current. For blocking reads of whole-registry views (Consul's `/v1/catalog/services`).
+    pub async fn wait_for_change(&self, index: u64, wait: Duration) -> Arc<Snapshot> {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            changes.borrow_and_update();
+            let snapshot = self.snapshot();
+            if snapshot.index > index {
                 return snapshot;
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
