@@ -143,6 +143,7 @@ impl Server {
                 ..Limits::default()
             },
             token: config.token.as_deref().map(Arc::from),
+            consul: Arc::new(http::consul::view::Agent::new(http_addr)),
             shutdown: shutdown.clone(),
         });
         let http_shutdown = shutdown.clone();
