@@ -329,12 +329,12 @@ impl<'a> HealthCheck<'a> {
                 view.definition.http = Some(url);
                 view.definition.method = Some(method);
                 view.definition.tls_skip_verify = Some(*tls_skip_verify);
-                view.definition.header = Some(
+                view.definition.header = (!headers.is_empty()).then(|| {
                     headers
                         .iter()
                         .map(|(name, value)| (name.as_str(), [value.as_str()]))
-                        .collect(),
-                );
+                        .collect()
+                });
             }
             CheckKind::Tcp { target } => {
                 let reg = &instance.registration;
