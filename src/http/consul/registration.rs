@@ -169,23 +169,22 @@ fn checks(
         ));
     }
     let several = all.len() > 1;
-    let mut specs: Vec<(CheckSpec, String)> = Vec::with_capacity(all.len());
+    let mut specs: Vec<CheckSpec> = Vec::with_capacity(all.len());
     for (i, fields) in all.iter().enumerate() {
         let check_id = match fields.non_empty_string("CheckID")? {
             Some(given) => given.to_owned(),
             None if several => format!("service:{id}:{}", i + 1),
             None => format!("service:{id}"),
         };
-        let path = fields.path_of("CheckID");
-        if specs.iter().any(|(spec, _)| spec.name == check_id) {
+        if specs.iter().any(|spec| spec.name == check_id) {
             return Err(ValidationError::new(
-                &path,
+                fields.path_of("CheckID"),
                 format!("check ID {check_id:?} is used twice"),
             ));
         }
-        specs.push((check(fields, check_id)?, path));
+        specs.push(check(fields, check_id)?);
     }
-    Ok(specs.into_iter().map(|(spec, _)| spec).collect())
+    Ok(specs)
 }
 
 /// One check, validated by the native rules after Consul's defaults are filled in.
