@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ZonesSource};
 use crate::dns::answer::Authority;
 use crate::dns::server::{self as dns_server, DnsService};
 use crate::dns::zones::{StaticZones, ZoneError};
@@ -57,10 +57,21 @@ pub struct Server {
 
 /// Loads the static zones a configuration names, and checks them against its domain.
 pub fn load_zones(config: &Config) -> Result<StaticZones, ZoneError> {
-    let zones = match config.zones_dir() {
+    let mut zones = match config.zones_dir() {
         Some(dir) => StaticZones::load_dir(dir)?,
         None => StaticZones::default(),
     };
+    if config.zones == ZonesSource::DefaultDir {
+        // The default directory may hold examples for another domain (zones/service.local.zone
+        // has no SOA of its own): skip those rather than refuse to start.
+        for path in zones.drop_incomplete(&config.domain) {
+            tracing::warn!(
+                file = %path.display(),
+                domain = %config.domain,
+                "zone file skipped: it has no SOA and is not the served domain"
+            );
+        }
+    }
     zones.require_soa(&config.domain)?;
     Ok(zones)
 }
@@ -170,6 +181,7 @@ impl Server {
             },
             token: config.token.as_deref().map(Arc::from),
             check_stats: Arc::clone(&check_stats),
+            consul: Arc::new(http::consul::view::Agent::new(http_addr)),
             shutdown: shutdown.clone(),
         });
         let http_shutdown = shutdown.clone();

@@ -400,3 +400,32 @@ async fn the_readme_walkthrough_works_as_written() {
         "the walk-through shows at least three outputs"
     );
 }
+
+#[tokio::test]
+async fn another_domain_starts_from_the_repository_root() {
+    // zones/service.local.zone (no SOA) is an example for the default domain: with another
+    // domain it is skipped with a warning, not a reason to refuse to start.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let server = start(
+        &root,
+        &ephemeral(),
+        &[
+            ("SRVDNS_DATA_DIR", "none"),
+            ("SRVDNS_DOMAIN", "service.consul"),
+        ],
+    );
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/services/web/instances/w1",
+            server.http
+        ))
+        .json(&json!({"address": "10.0.0.1", "port": 80}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        a_records(server.dns, "web.service.consul.").await,
+        ["web.service.consul. 5 A 10.0.0.1"]
+    );
+}

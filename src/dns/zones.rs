@@ -191,6 +191,17 @@ impl StaticZones {
         }
     }
 
+    /// Drops the zones other than `domain` that have no SOA, returning their files. Used for
+    /// the default `zones/` directory, whose example `service.local.zone` must not stop a
+    /// server started with another `--domain`.
+    pub fn drop_incomplete(&mut self, domain: &Name) -> Vec<PathBuf> {
+        let (keep, drop): (Vec<StaticZone>, Vec<StaticZone>) = std::mem::take(&mut self.zones)
+            .into_iter()
+            .partition(|zone| zone.soa.is_some() || zone.origin == *domain);
+        self.zones = keep;
+        drop.into_iter().map(|zone| zone.path).collect()
+    }
+
     /// Service labels that static names under `domain` take, each with the name taking it:
     /// `db.service.local.` takes the service label `db`.
     pub fn service_labels_taken(&self, domain: &Name) -> BTreeMap<String, String> {

@@ -51,7 +51,8 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "this server requires a token for writes: send \"Authorization: Bearer <token>\"",
+            "this server requires a token for writes: send \"Authorization: Bearer <token>\" \
+             (or, from Consul clients, \"X-Consul-Token: <token>\" or ?token=<token>)",
         )
     }
 }

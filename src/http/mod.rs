@@ -1,9 +1,12 @@
-//! The HTTP API (axum): the native `/v1/services/…` routes over the [`Registry`].
+//! The HTTP API (axum): the native `/v1/services/…` routes and the Consul-compatible subset
+//! ([`consul`]), both over the one [`Registry`].
 //!
-//! Cross-cutting rules live here, once: every response carries `X-Srvdns-Index`; writes need
-//! the bearer token when one is configured; unknown routes and methods answer JSON errors;
-//! bodies are capped at [`MAX_BODY_BYTES`].
+//! Cross-cutting rules live here, once: every response carries `X-Srvdns-Index` and the
+//! `X-Consul-*` headers; writes need the token when one is configured (as a bearer token,
+//! `X-Consul-Token` or `?token=`); unknown routes and methods answer JSON errors; bodies are
+//! capped at [`MAX_BODY_BYTES`].
 
+pub mod consul;
 pub mod error;
 pub mod registration;
 pub mod routes;
@@ -36,10 +39,12 @@ pub static INDEX_HEADER: HeaderName = HeaderName::from_static("x-srvdns-index");
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub limits: Limits,
-    /// Bearer token required for writes, if any.
+    /// Token required for writes, if any.
     pub token: Option<Arc<str>>,
     /// Counters of the active health checks, for `/v1/health`.
     pub check_stats: Arc<CheckStats>,
+    /// The Consul node srvdns presents on the Consul-compatible API.
+    pub consul: Arc<consul::view::Agent>,
     /// Ends blocking reads when the server stops.
     pub shutdown: CancellationToken,
 }
@@ -58,6 +63,7 @@ pub fn router(state: AppState) -> Router {
             &format!("{instance}/maintenance"),
             put(routes::set_maintenance),
         )
+        .merge(consul::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -67,7 +73,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no such endpoint: {method} {}", uri.path()))
+    let message = consul::unsupported_endpoint(&method, uri.path())
+        .unwrap_or_else(|| format!("no such endpoint: {method} {}", uri.path()));
+    ApiError::not_found(message)
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
@@ -77,17 +85,19 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Adds `X-Srvdns-Index` (the registry index after the request) to every response.
+/// Adds `X-Srvdns-Index` (the registry index after the request) and the `X-Consul-*` headers
+/// to every response.
 async fn add_index(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        INDEX_HEADER.clone(),
-        HeaderValue::from(state.registry.index()),
-    );
+    let index = state.registry.index();
+    let headers = response.headers_mut();
+    headers.insert(INDEX_HEADER.clone(), HeaderValue::from(index));
+    consul::add_headers(headers, index);
     response
 }
 
-/// Refuses writes without the configured bearer token. Reads stay open.
+/// Refuses writes without the configured token: `Authorization: Bearer <token>`, or as Consul
+/// clients send it, `X-Consul-Token: <token>` or `?token=<token>`. Reads stay open.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = &state.token else {
         return next.run(request).await;
@@ -97,15 +107,30 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     if is_write {
-        let given = request
-            .headers()
+        let headers = request.headers();
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let consul = headers
+            .get(&consul::TOKEN_HEADER)
+            .and_then(|value| value.to_str().ok());
+        let query = axum::extract::Query::<TokenQuery>::try_from_uri(request.uri())
+            .ok()
+            .and_then(|query| query.0.token);
+        let matches = |given: &str| bool::from(given.as_bytes().ct_eq(expected.as_bytes()));
+        let accepted = bearer.is_some_and(matches)
+            || consul.is_some_and(matches)
+            || query.as_deref().is_some_and(matches);
+        if !accepted {
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
+}
+
+/// The `?token=` of a request, as Consul clients may send it.
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
 }

@@ -220,7 +220,20 @@ impl Registry {
         &self,
         registration: Registration,
     ) -> Result<Arc<Instance>, RegistryError> {
-        let (instance, ticket) = self.apply_register(registration)?;
+        let (instance, ticket) = self.apply_register(registration, false)?;
+        ticket.wait().await.map_err(RegistryError::Store)?;
+        Ok(instance)
+    }
+
+    /// Registers an instance whose ID is unique across services, as on a Consul agent: an
+    /// instance with the same ID under another service is removed in the same change (one
+    /// index bump, one snapshot), so no reader ever sees the ID twice, or not at all. The
+    /// Consul-compatible API registers through this; the native API keeps IDs per service.
+    pub async fn register_replacing_id(
+        &self,
+        registration: Registration,
+    ) -> Result<Arc<Instance>, RegistryError> {
+        let (instance, ticket) = self.apply_register(registration, true)?;
         ticket.wait().await.map_err(RegistryError::Store)?;
         Ok(instance)
     }
@@ -228,6 +241,7 @@ impl Registry {
     fn apply_register(
         &self,
         registration: Registration,
+        replace_id_elsewhere: bool,
     ) -> Result<(Arc<Instance>, Ticket), RegistryError> {
         if let Some(record) = self
             .settings
@@ -243,6 +257,18 @@ impl Registry {
         let mut state = self.lock();
         let service = registration.service.clone();
         let id = registration.id.clone();
+        let mut changed = Vec::new();
+        if replace_id_elsewhere {
+            for (other, instances) in &mut state.services {
+                if *other != service && instances.remove(&id).is_some() {
+                    tracing::info!(
+                        service = %other, instance = %id, moved_to = %service,
+                        "instance deregistered: its ID was registered under another service"
+                    );
+                    changed.push((other.clone(), id.clone()));
+                }
+            }
+        }
         let instances = state.services.entry(service.clone()).or_default();
         let instance = match instances.get(&id) {
             Some(existing) => {
@@ -265,7 +291,8 @@ impl Registry {
         let instance = Arc::new(instance);
         instances.insert(id.clone(), Arc::clone(&instance));
         self.watch_deadline(&mut state, instance.next_deadline());
-        let ticket = self.commit(state, &[(service, id)], true);
+        changed.push((service, id));
+        let ticket = self.commit(state, &changed, true);
         Ok((instance, ticket))
     }
 
@@ -506,6 +533,24 @@ impl Registry {
         loop {
             changes.borrow_and_update();
             if self.service_index(service) > index {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the registry is shutting down.
+                _ => return,
+            }
+        }
+    }
+
+    /// Waits until anything changes after `index`, or `wait` passes; returns the snapshot then
+    /// current. For blocking reads of whole-registry views (Consul's `/v1/catalog/services`).
+    pub async fn wait_for_change(&self, index: u64, wait: Duration) {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            changes.borrow_and_update();
+            if self.index() > index {
                 return;
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
