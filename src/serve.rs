@@ -143,14 +143,14 @@ impl Server {
         } else {
             vec![dns_addr.ip()]
         };
-        let authority = Arc::new(Authority {
-            domain: config.domain.clone(),
-            ttl: config.ttl.as_secs() as u32,
-            negative_ttl: config.negative_ttl.as_secs() as u32,
-            max_answers: config.max_answers,
+        let authority = Arc::new(Authority::new(
+            config.domain.clone(),
+            config.ttl.as_secs() as u32,
+            config.negative_ttl.as_secs() as u32,
+            config.max_answers,
             ns_addresses,
             zones,
-        });
+        ));
         let dns = DnsService {
             authority,
             registry: Arc::clone(&registry),

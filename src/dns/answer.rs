@@ -57,9 +57,31 @@ pub struct Authority {
     /// Addresses of `ns.addr.D`, the generated NS target.
     pub ns_addresses: Vec<IpAddr>,
     pub zones: StaticZones,
+    /// What the fast path precomputes from the above.
+    pub fast: super::fast::FastAuthority,
 }
 
 impl Authority {
+    pub fn new(
+        domain: Name,
+        ttl: u32,
+        negative_ttl: u32,
+        max_answers: Option<usize>,
+        ns_addresses: Vec<IpAddr>,
+        zones: StaticZones,
+    ) -> Self {
+        let fast = super::fast::FastAuthority::new(&domain, &zones, ttl, negative_ttl);
+        Self {
+            domain,
+            ttl,
+            negative_ttl,
+            max_answers,
+            ns_addresses,
+            zones,
+            fast,
+        }
+    }
+
     fn ns_name(&self) -> Name {
         self.domain
             .prepend_label("addr")
@@ -259,6 +281,10 @@ pub fn encode(message: &Message, limit: u16) -> Result<Vec<u8>, hickory_proto::P
     let mut metadata = message.metadata;
     metadata.truncation = truncated;
     place.replace(&mut encoder, Header { metadata, counts })?;
+    // A record that did not fit is rolled back by moving the offset; the bytes it wrote
+    // stay in the buffer past it.
+    let len = encoder.offset();
+    bytes.truncate(len);
     Ok(bytes)
 }
 
@@ -319,7 +345,8 @@ fn nodata() -> Answer {
 }
 
 /// Which of a service's instances a name selects.
-enum Selection<'a> {
+#[derive(Debug)]
+pub(crate) enum Selection<'a> {
     All,
     Tag(&'a str),
     Protocol(Protocol),
@@ -329,7 +356,7 @@ enum Selection<'a> {
 impl Selection<'_> {
     /// Does the name exist: does any registered instance (healthy or not) match? Only asked
     /// when no served instance matches, so the scan stays off the common path.
-    fn exists(&self, entry: &ServiceEntry) -> bool {
+    pub(crate) fn exists(&self, entry: &ServiceEntry) -> bool {
         entry.dns.instances.iter().any(|i| match self {
             Self::All => true,
             Self::Tag(tag) => i.tags.iter().any(|t| t == tag),
@@ -394,51 +421,155 @@ fn lookup_domain<R: Rng>(
     else {
         return nxdomain();
     };
-
-    let (service, selection, srv_only) = match relative.as_slice() {
-        ["addr"] => return nodata(),
-        [label, "addr"] => return address(authority, query, label),
-        [label] if label.starts_with('_') => return nodata(),
-        [service] => (*service, Selection::All, false),
-        [first, second] if first.starts_with('_') && second.starts_with('_') => {
-            let service = &first[1..];
-            match protocol_label(second) {
-                Some(protocol) => (service, Selection::Protocol(protocol), true),
-                None => (service, Selection::Tag(&second[1..]), true),
+    match classify(&relative) {
+        NameKind::Apex => apex(authority, snapshot, query, static_zone),
+        NameKind::NonTerminal => nodata(),
+        NameKind::NxDomain => nxdomain(),
+        NameKind::Address(label) => address(authority, query, label),
+        NameKind::BelowService(service) => match snapshot.service(service) {
+            Some(_) => nodata(),
+            None => nxdomain(),
+        },
+        NameKind::Service {
+            service,
+            selection,
+            srv_only,
+        } => {
+            let Some(entry) = snapshot.service(service) else {
+                return nxdomain();
+            };
+            let selected = select(entry, &selection);
+            if selected.is_empty() && !selection.exists(entry) {
+                return nxdomain();
+            }
+            match qtype {
+                RecordType::SRV => srv_answer(authority, query, selected, rng),
+                RecordType::A | RecordType::AAAA | RecordType::ANY if !srv_only => {
+                    address_answer(authority, query, &selected, qtype, rng)
+                }
+                _ => nodata(),
             }
         }
-        [label, service] if label.starts_with('_') => {
-            // `_<port>.<service>` or `_<proto>.<service>`: empty non-terminals of named ports.
-            return match snapshot.service(service) {
-                Some(_) => nodata(),
-                None => nxdomain(),
-            };
-        }
-        [tag, service] => (*service, Selection::Tag(tag), false),
-        [port, proto, service] if port.starts_with('_') => match protocol_label(proto) {
-            Some(protocol) => (*service, Selection::NamedPort(&port[1..], protocol), true),
-            None => return nxdomain(),
+    }
+}
+
+/// What a name inside the served domain is, from its labels below the domain (lowercase).
+/// Both answer paths (this module and [`super::fast`]) decide with this one function.
+#[derive(Debug)]
+pub(crate) enum NameKind<'a> {
+    /// The domain itself.
+    Apex,
+    /// An empty non-terminal (`addr.D`, `_tcp.D`): NODATA.
+    NonTerminal,
+    /// `<label>.addr.D`.
+    Address(&'a str),
+    /// `_<x>.<service>.D`: an empty non-terminal when the service exists.
+    BelowService(&'a str),
+    /// Names that select instances of a service.
+    Service {
+        service: &'a str,
+        selection: Selection<'a>,
+        srv_only: bool,
+    },
+    NxDomain,
+}
+
+pub(crate) fn classify<'a>(relative: &[&'a str]) -> NameKind<'a> {
+    match relative {
+        [] => NameKind::Apex,
+        ["addr"] => NameKind::NonTerminal,
+        [label, "addr"] => NameKind::Address(label),
+        [label] if label.starts_with('_') => NameKind::NonTerminal,
+        [service] => NameKind::Service {
+            service,
+            selection: Selection::All,
+            srv_only: false,
         },
-        _ => return nxdomain(),
-    };
-    let Some(entry) = snapshot.service(service) else {
-        return nxdomain();
-    };
-    let selected: Vec<(&Served, u16)> = entry
+        [first, second] if first.starts_with('_') && second.starts_with('_') => {
+            NameKind::Service {
+                service: &first[1..],
+                selection: match protocol_label(second) {
+                    Some(protocol) => Selection::Protocol(protocol),
+                    None => Selection::Tag(&second[1..]),
+                },
+                srv_only: true,
+            }
+        }
+        // `_<port>.<service>` or `_<proto>.<service>`: empty non-terminals of named ports.
+        [label, service] if label.starts_with('_') => NameKind::BelowService(service),
+        [tag, service] => NameKind::Service {
+            service,
+            selection: Selection::Tag(tag),
+            srv_only: false,
+        },
+        [port, proto, service] if port.starts_with('_') => match protocol_label(proto) {
+            Some(protocol) => NameKind::Service {
+                service,
+                selection: Selection::NamedPort(&port[1..], protocol),
+                srv_only: true,
+            },
+            None => NameKind::NxDomain,
+        },
+        _ => NameKind::NxDomain,
+    }
+}
+
+/// The served instances a selection matches, each with the port it is answered on.
+pub(crate) fn select<'e>(entry: &'e ServiceEntry, selection: &Selection<'_>) -> Vec<(&'e Served, u16)> {
+    entry
         .dns
         .served()
         .filter_map(|served| selection.port_of(served).map(|port| (served, port)))
+        .collect()
+}
+
+/// The addresses of an A/AAAA (or ANY) answer, in answer order: one per address (instances
+/// sharing a host share its record, RFC 2181 §5, with their weights added), weighted random,
+/// capped at `max`.
+pub(crate) fn address_order<R: Rng>(
+    selected: &[(&Served, u16)],
+    qtype: RecordType,
+    max: Option<usize>,
+    rng: &mut R,
+) -> Vec<IpAddr> {
+    let mut addresses: Vec<(IpAddr, u16)> = selected
+        .iter()
+        .filter_map(|(served, _)| served.ip.map(|ip| (ip, served.weight)))
+        .filter(|(ip, _)| wants(qtype, *ip))
         .collect();
-    if selected.is_empty() && !selection.exists(entry) {
-        return nxdomain();
-    }
-    match qtype {
-        RecordType::SRV => srv_answer(authority, query, selected, rng),
-        RecordType::A | RecordType::AAAA | RecordType::ANY if !srv_only => {
-            address_answer(authority, query, &selected, qtype, rng)
+    addresses.sort_by_key(|(ip, _)| *ip);
+    addresses.dedup_by(|a, b| {
+        if a.0 == b.0 {
+            b.1 = b.1.saturating_add(a.1);
+            true
+        } else {
+            false
         }
-        _ => nodata(),
+    });
+    let keys: Vec<(u16, u16)> = addresses.iter().map(|&(_, weight)| (0, weight)).collect();
+    let mut order = weighted_order(&keys, rng);
+    if let Some(max) = max {
+        order.truncate(max);
     }
+    order.into_iter().map(|i| addresses[i].0).collect()
+}
+
+/// The SRV answer order over `selected`: by priority, weighted random within a priority
+/// (RFC 2782), capped at `max`. Indices into `selected`.
+pub(crate) fn srv_order<R: Rng>(
+    selected: &[(&Served, u16)],
+    max: Option<usize>,
+    rng: &mut R,
+) -> Vec<usize> {
+    let keys: Vec<(u16, u16)> = selected
+        .iter()
+        .map(|(served, _)| (served.priority, served.weight))
+        .collect();
+    let mut order = weighted_order(&keys, rng);
+    if let Some(max) = max {
+        order.truncate(max);
+    }
+    order
 }
 
 /// The apex of the served domain: SOA, NS, and whatever the static file adds there.
@@ -500,7 +631,7 @@ fn address(authority: &Authority, query: &Query, label: &str) -> Answer {
     answer
 }
 
-fn wants(qtype: RecordType, ip: IpAddr) -> bool {
+pub(crate) fn wants(qtype: RecordType, ip: IpAddr) -> bool {
     matches!(
         (qtype, ip),
         (RecordType::A | RecordType::ANY, IpAddr::V4(_))
@@ -527,7 +658,7 @@ fn with_owner(record: &Record, owner: &Name) -> Record {
 /// (Efraimidis–Spirakis keys). Weight 0 items come after the others of their group in random
 /// order, as RFC 2782 asks ("a very small chance of being selected"). Returns the indices of
 /// `items` in answer order.
-fn weighted_order<R: Rng>(items: &[(u16, u16)], rng: &mut R) -> Vec<usize> {
+pub(crate) fn weighted_order<R: Rng>(items: &[(u16, u16)], rng: &mut R) -> Vec<usize> {
     let mut keyed: Vec<(u16, bool, f64, usize)> = items
         .iter()
         .enumerate()
@@ -552,31 +683,10 @@ fn address_answer<R: Rng>(
     qtype: RecordType,
     rng: &mut R,
 ) -> Answer {
-    let mut addresses: Vec<(IpAddr, u16)> = selected
-        .iter()
-        .filter_map(|(served, _)| served.ip.map(|ip| (ip, served.weight)))
-        .filter(|(ip, _)| wants(qtype, *ip))
-        .collect();
-    // One record per address: instances sharing a host share its A record (no duplicate
-    // records in an RRset, RFC 2181 §5), with their weights added up.
-    addresses.sort_by_key(|(ip, _)| *ip);
-    addresses.dedup_by(|a, b| {
-        if a.0 == b.0 {
-            b.1 = b.1.saturating_add(a.1);
-            true
-        } else {
-            false
-        }
-    });
-    let keys: Vec<(u16, u16)> = addresses.iter().map(|&(_, weight)| (0, weight)).collect();
-    let mut order = weighted_order(&keys, rng);
-    if let Some(max) = authority.max_answers {
-        order.truncate(max);
-    }
     Answer {
-        answers: order
+        answers: address_order(selected, qtype, authority.max_answers, rng)
             .into_iter()
-            .map(|i| address_record(query.name.clone(), addresses[i].0, authority.ttl))
+            .map(|ip| address_record(query.name.clone(), ip, authority.ttl))
             .collect(),
         ..Answer::default()
     }
@@ -588,17 +698,9 @@ fn srv_answer<R: Rng>(
     selected: Vec<(&Served, u16)>,
     rng: &mut R,
 ) -> Answer {
-    let keys: Vec<(u16, u16)> = selected
-        .iter()
-        .map(|(served, _)| (served.priority, served.weight))
-        .collect();
-    let mut order = weighted_order(&keys, rng);
-    if let Some(max) = authority.max_answers {
-        order.truncate(max);
-    }
     let mut answer = Answer::default();
     let mut glued: Vec<IpAddr> = Vec::new();
-    for i in order {
+    for i in srv_order(&selected, authority.max_answers, rng) {
         let (served, port) = selected[i];
         answer.answers.push(Record::from_rdata(
             query.name.clone(),

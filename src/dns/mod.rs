@@ -1,6 +1,9 @@
 //! The DNS side: answers for the service domain from registry snapshots, static zones from
-//! zone files, REFUSED for everything else. [`answer`] is pure; [`server`] owns the sockets.
+//! zone files, REFUSED for everything else. [`answer`] is the reference path (pure, through
+//! hickory-proto messages); [`fast`] answers the common questions straight into wire format
+//! with the same rules; [`server`] owns the sockets.
 
 pub mod answer;
+pub mod fast;
 pub mod server;
 pub mod zones;

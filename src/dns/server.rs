@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Authority, Transport, respond};
+use super::fast::{self, Scratch};
 use crate::registry::Registry;
 
 /// How long a TCP connection may sit idle between queries (RFC 7766 §6.2.3 suggests seconds).
@@ -37,9 +38,22 @@ pub struct DnsService {
 }
 
 impl DnsService {
-    fn answer(&self, packet: &[u8], transport: Transport, rng: &mut SmallRng) -> Option<Vec<u8>> {
-        let snapshot = self.registry.snapshot();
-        respond(&self.authority, &snapshot, packet, transport, rng)
+    /// Answers one packet: the fast path when it can, else the reference path. The answer is
+    /// left in `scratch` (fast) or returned (reference).
+    fn answer<'s>(
+        &self,
+        packet: &[u8],
+        transport: Transport,
+        rng: &mut SmallRng,
+        scratch: &'s mut Scratch,
+        reference: &'s mut Vec<u8>,
+    ) -> Option<&'s [u8]> {
+        let snapshot = self.registry.snapshot_ref();
+        if fast::answer(&self.authority, &snapshot, packet, transport, rng, scratch) {
+            return Some(scratch.answer());
+        }
+        *reference = respond(&self.authority, &snapshot, packet, transport, rng)?;
+        Some(reference)
     }
 }
 
@@ -62,6 +76,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
 pub async fn serve_udp(socket: Arc<UdpSocket>, service: DnsService, shutdown: CancellationToken) {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut buffer = vec![0u8; 65535];
+    let mut scratch = Scratch::default();
+    let mut reference = Vec::new();
     loop {
         let (len, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -74,8 +90,13 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, service: DnsService, shutdown: Ca
                 }
             },
         };
-        if let Some(response) = service.answer(&buffer[..len], Transport::Udp, &mut rng)
-            && let Err(e) = socket.send_to(&response, peer).await
+        if let Some(response) = service.answer(
+            &buffer[..len],
+            Transport::Udp,
+            &mut rng,
+            &mut scratch,
+            &mut reference,
+        ) && let Err(e) = socket.send_to(response, peer).await
         {
             tracing::debug!(error = %e, %peer, "udp send failed");
         }
@@ -122,6 +143,8 @@ pub async fn serve_tcp(listener: TcpListener, service: DnsService, shutdown: Can
 async fn serve_connection(mut stream: TcpStream, service: &DnsService) -> std::io::Result<()> {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut buffer = vec![0u8; 65535];
+    let mut scratch = Scratch::default();
+    let mut reference = Vec::new();
     loop {
         let mut prefix = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
@@ -137,12 +160,18 @@ async fn serve_connection(mut stream: TcpStream, service: &DnsService) -> std::i
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()), // a length prefix that lies, or a slow sender
         }
-        let Some(response) = service.answer(message, Transport::Tcp, &mut rng) else {
+        let Some(response) = service.answer(
+            message,
+            Transport::Tcp,
+            &mut rng,
+            &mut scratch,
+            &mut reference,
+        ) else {
             continue;
         };
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&response);
+        framed.extend_from_slice(response);
         stream.write_all(&framed).await?;
     }
 }

@@ -202,6 +202,12 @@ impl Registry {
         self.changes.subscribe()
     }
 
+    /// The current snapshot without touching its reference count: the DNS hot path holds it
+    /// only while answering one query.
+    pub fn snapshot_ref(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
     /// The current registry index. Lock-free.
     pub fn index(&self) -> u64 {
         self.snapshot.load().index

@@ -111,6 +111,7 @@ impl InstanceDns {
             protocol: reg.protocol,
             tags: tags.clone(),
             ports: reg.ports.clone(),
+            target_wire: wire_name(&target),
             target,
             ip,
         });
@@ -136,8 +137,21 @@ pub struct Served {
     pub ports: BTreeMap<String, u16>,
     /// The SRV target: `<addr>.addr.<domain>` for IP instances, the hostname otherwise.
     pub target: Name,
+    /// `target` in wire format (uncompressed, lowercase), for the DNS fast path.
+    pub target_wire: Vec<u8>,
     /// The address for A/AAAA answers and glue; `None` for hostname instances.
     pub ip: Option<IpAddr>,
+}
+
+/// A name in uncompressed wire format, lowercase.
+pub fn wire_name(name: &Name) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(name.len() + 2);
+    for label in name.iter() {
+        wire.push(label.len() as u8);
+        wire.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    wire.push(0);
+    wire
 }
 
 impl ServiceEntry {
