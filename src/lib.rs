@@ -13,3 +13,4 @@ pub mod health;
 pub mod http;
 pub mod registry;
 pub mod serve;
+mod signals;
