@@ -4,6 +4,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use srvdns::cli::{
+    self, CommandError, DeregisterArgs, InstancesArgs, RegisterArgs, ServicesArgs, WatchArgs,
+};
 use srvdns::config::{Config, LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +22,16 @@ struct Cli {
 enum Command {
     /// Run the server: DNS authority for the service domain plus the HTTP registry API.
     Serve(ServeArgs),
+    /// List the registered services with their instance counts by status.
+    Services(ServicesArgs),
+    /// List the instances of a service: status, address, port, weight, last check output.
+    Instances(InstancesArgs),
+    /// Register (or replace) an instance.
+    Register(RegisterArgs),
+    /// Deregister an instance.
+    Deregister(DeregisterArgs),
+    /// Print the instances of a service, then one line per change as it happens.
+    Watch(WatchArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -34,15 +47,20 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("srvdns: {e:#}");
-            ExitCode::FAILURE
-        }
+    let mut out = std::io::stdout();
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("srvdns: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Services(args) => client(cli::services(&args, &mut out)),
+        Command::Instances(args) => client(cli::instances(&args, &mut out)),
+        Command::Register(args) => client(cli::register(&args, &mut out)),
+        Command::Deregister(args) => client(cli::deregister(&args, &mut out)),
+        Command::Watch(args) => client(cli::watch(&args, &mut out)),
     }
 }
 
@@ -52,4 +70,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(srvdns::serve::run(config))?;
     Ok(())
+}
+
+/// Runs a client command on a small runtime; its error becomes one line on stderr and its
+/// exit code (see `srvdns::cli`).
+fn client(command: impl Future<Output = Result<(), CommandError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("srvdns: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("srvdns: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
