@@ -4,7 +4,7 @@
 //! [`health`] engine decides who is healthy, and [`dns`] answers plain DNS from immutable
 //! registry snapshots. [`serve`] wires the parts together; [`config`] holds the one
 //! configuration struct. [`client`] is a client of the HTTP API, which the command-line
-//! commands ([`cli`]) use. See DESIGN.md for the contracts.
+//! commands ([`cli`]) and the [`sidecar`] use. See DESIGN.md for the contracts.
 
 #![forbid(unsafe_code)]
 
@@ -16,4 +16,5 @@ pub mod health;
 pub mod http;
 pub mod registry;
 pub mod serve;
+pub mod sidecar;
 mod signals;

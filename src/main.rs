@@ -8,6 +8,7 @@ use srvdns::cli::{
     self, CommandError, DeregisterArgs, InstancesArgs, RegisterArgs, ServicesArgs, WatchArgs,
 };
 use srvdns::config::{Config, LogFormat, ServeArgs};
+use srvdns::sidecar::SidecarArgs;
 use tracing_subscriber::EnvFilter;
 
 /// A service-discovery DNS server: register services over HTTP, find them with plain DNS.
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the server: DNS authority for the service domain plus the HTTP registry API.
     Serve(ServeArgs),
+    /// Register one local app and keep its registration honest: probe it, heartbeat, drain
+    /// and deregister on SIGTERM; optionally run the app as a child (`-- COMMAND ARGS…`).
+    Sidecar(SidecarArgs),
     /// List the registered services with their instance counts by status.
     Services(ServicesArgs),
     /// List the instances of a service: status, address, port, weight, last check output.
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sidecar(args) => sidecar(args),
         Command::Services(args) => client(cli::services(&args, &mut out)),
         Command::Instances(args) => client(cli::instances(&args, &mut out)),
         Command::Register(args) => client(cli::register(&args, &mut out)),
@@ -70,6 +75,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(srvdns::serve::run(config))?;
     Ok(())
+}
+
+fn sidecar(args: SidecarArgs) -> ExitCode {
+    init_logging(args.log_format.unwrap_or_default());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("srvdns sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(srvdns::sidecar::run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("srvdns sidecar: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// Runs a client command on a small runtime; its error becomes one line on stderr and its

@@ -439,6 +439,7 @@ async fn the_registry_flag_has_an_environment_variable_and_a_default() {
     let help = String::from_utf8_lossy(&output.stdout);
     for subcommand in [
         "serve",
+        "sidecar",
         "services",
         "instances",
         "register",
