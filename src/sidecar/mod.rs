@@ -12,7 +12,7 @@
 //!   if the app exits on its own, the sidecar deregisters and exits with that status.
 //!   SIGHUP, SIGUSR1 and SIGUSR2 are passed on to the app at once.
 //!
-//! The decisions live in [`machine`] (pure, unit-tested); this module is the I/O around them:
+//! The decisions live in `machine.rs` (pure, unit-tested); this module is the I/O around them:
 //! probes, HTTP requests, timers, signals and the child process. The sidecar talks to the
 //! registry only through the public HTTP API ([`Client`]), like any other client.
 
