@@ -3,14 +3,19 @@
 //! Services register over HTTP ([`http`]), the [`registry`] keeps them and their health, the
 //! [`health`] engine decides who is healthy, and [`dns`] answers plain DNS from immutable
 //! registry snapshots. [`serve`] wires the parts together; [`config`] holds the one
-//! configuration struct. See DESIGN.md for the contracts.
+//! configuration struct. [`client`] is a client of the HTTP API, which the command-line
+//! commands ([`cli`]) and the [`sidecar`] use. See DESIGN.md for the contracts.
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dns;
 pub mod health;
 pub mod http;
 pub mod registry;
 pub mod serve;
+pub mod sidecar;
+mod signals;
 pub mod store;

@@ -22,6 +22,7 @@ use crate::health::engine::CheckStats;
 use crate::health::probe::Prober;
 use crate::http::{self, AppState, registration::Limits};
 use crate::registry::{DnsPolicy, Registry, RegistrySettings};
+use crate::signals::ShutdownSignals;
 use crate::store::StoreError;
 use crate::store::embedded::EmbeddedStore;
 
@@ -231,62 +232,10 @@ impl Server {
 pub async fn run(config: Config) -> Result<(), StartError> {
     // Listen for the signals before anything is bound: a signal that arrives while the server
     // starts must stop it gracefully, not kill it.
-    let signals = ShutdownSignals::install();
+    let mut signals = ShutdownSignals::install();
     let server = Server::start(config).await?;
-    signals.recv().await;
-    tracing::info!("shutting down");
+    let signal = signals.recv().await;
+    tracing::info!(signal = signal.name(), "shutting down");
     server.stop().await;
     Ok(())
-}
-
-/// SIGINT and SIGTERM, registered up front.
-struct ShutdownSignals {
-    #[cfg(unix)]
-    interrupt: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    terminate: Option<tokio::signal::unix::Signal>,
-}
-
-impl ShutdownSignals {
-    fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let listen = |kind: SignalKind| match signal(kind) {
-                Ok(stream) => Some(stream),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for a shutdown signal");
-                    None
-                }
-            };
-            Self {
-                interrupt: listen(SignalKind::interrupt()),
-                terminate: listen(SignalKind::terminate()),
-            }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    async fn recv(self) {
-        #[cfg(unix)]
-        {
-            async fn next(stream: Option<tokio::signal::unix::Signal>) {
-                match stream {
-                    Some(mut stream) => {
-                        stream.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }
-            tokio::select! {
-                _ = next(self.interrupt) => {}
-                _ = next(self.terminate) => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

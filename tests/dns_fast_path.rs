@@ -13,9 +13,7 @@ use rand::{Rng, SeedableRng};
 use srvdns::dns::answer::{Authority, Transport, respond};
 use srvdns::dns::fast::{self, Scratch};
 use srvdns::dns::zones::StaticZones;
-use srvdns::registry::model::{
-    Address, InstanceId, Protocol, Registration, ServiceName, Status,
-};
+use srvdns::registry::model::{Address, InstanceId, Protocol, Registration, ServiceName, Status};
 use srvdns::registry::{DnsPolicy, Registry, RegistrySettings};
 
 const TAGS: [&str; 5] = ["v1", "V2", "canary", "Traefik.enable=true", "blue-green"];
@@ -39,8 +37,16 @@ async fn random_registry(rng: &mut SmallRng, only_passing: bool) -> (Arc<Registr
         let count = if s == 0 { 70 } else { rng.random_range(1..8) };
         for i in 0..count {
             let address = match rng.random_range(0..10) {
-                0..=5 => Address::Ip(format!("10.{s}.{}.{}", i / 200, rng.random_range(1..5)).parse().unwrap()),
-                6..=8 => Address::Ip(format!("2001:db8:{s}::{:x}", rng.random_range(1..6)).parse().unwrap()),
+                0..=5 => Address::Ip(
+                    format!("10.{s}.{}.{}", i / 200, rng.random_range(1..5))
+                        .parse()
+                        .unwrap(),
+                ),
+                6..=8 => Address::Ip(
+                    format!("2001:db8:{s}::{:x}", rng.random_range(1..6))
+                        .parse()
+                        .unwrap(),
+                ),
                 _ => Address::Host(format!("host{i}.example.com")),
             };
             let tags = TAGS
@@ -57,7 +63,11 @@ async fn random_registry(rng: &mut SmallRng, only_passing: bool) -> (Arc<Registr
                 id: InstanceId::try_from(format!("i{i}").as_str()).unwrap(),
                 address,
                 port: 8000 + i as u16,
-                protocol: if rng.random_bool(0.2) { Protocol::Udp } else { Protocol::Tcp },
+                protocol: if rng.random_bool(0.2) {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                },
                 priority: rng.random_range(0..3),
                 weight: rng.random_range(0..6),
                 warning_weight: rng.random_range(0..3),
@@ -98,7 +108,13 @@ async fn random_registry(rng: &mut SmallRng, only_passing: bool) -> (Arc<Registr
 
 fn random_case(rng: &mut SmallRng, name: &str) -> String {
     name.chars()
-        .map(|c| if rng.random_bool(0.2) { c.to_ascii_uppercase() } else { c })
+        .map(|c| {
+            if rng.random_bool(0.2) {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -112,8 +128,19 @@ fn random_question(rng: &mut SmallRng, services: &[String]) -> (String, RecordTy
         6 => format!("_{service}._udp.service.local."),
         7 => format!("_{service}._{tag}.service.local."),
         8 => format!("_metrics._tcp.{service}.service.local."),
-        9 => format!("10-{}-0-{}.addr.service.local.", rng.random_range(0..12), rng.random_range(0..5)),
-        10 => ["2001-db8-3--2.addr.service.local.", "10-0-0-999.addr.service.local.", "addr.service.local.", "_tcp.service.local.", "_x.svc1.service.local."][rng.random_range(0..5)].to_owned(),
+        9 => format!(
+            "10-{}-0-{}.addr.service.local.",
+            rng.random_range(0..12),
+            rng.random_range(0..5)
+        ),
+        10 => [
+            "2001-db8-3--2.addr.service.local.",
+            "10-0-0-999.addr.service.local.",
+            "addr.service.local.",
+            "_tcp.service.local.",
+            "_x.svc1.service.local.",
+        ][rng.random_range(0..5)]
+        .to_owned(),
         11 => format!("a.b.c.{service}.service.local."),
         12 => format!("nope{}.service.local.", rng.random_range(0..100)),
         _ => "service.local.".to_owned(),
@@ -169,12 +196,29 @@ async fn the_fast_path_answers_exactly_like_the_reference_path() {
         for q in 0..2000 {
             let (name, rtype) = random_question(&mut rng, &services);
             let packet = query_bytes(&mut rng, &name, rtype);
-            let transport = if rng.random_bool(0.8) { Transport::Udp } else { Transport::Tcp };
+            let transport = if rng.random_bool(0.8) {
+                Transport::Udp
+            } else {
+                Transport::Tcp
+            };
             let seed = rng.random();
-            let reference = respond(&authority, &snapshot, &packet, transport, &mut SmallRng::seed_from_u64(seed))
-                .expect("the reference answers every query");
+            let reference = respond(
+                &authority,
+                &snapshot,
+                &packet,
+                transport,
+                &mut SmallRng::seed_from_u64(seed),
+            )
+            .expect("the reference answers every query");
             total += 1;
-            if !fast::answer(&authority, &snapshot, &packet, transport, &mut SmallRng::seed_from_u64(seed), &mut scratch) {
+            if !fast::answer(
+                &authority,
+                &snapshot,
+                &packet,
+                transport,
+                &mut SmallRng::seed_from_u64(seed),
+                &mut scratch,
+            ) {
                 continue;
             }
             fast_answers += 1;
@@ -190,7 +234,8 @@ async fn the_fast_path_answers_exactly_like_the_reference_path() {
                 }
                 continue;
             }
-            let a = Message::from_vec(ours).unwrap_or_else(|e| panic!("{context}: fast answer does not parse: {e}"));
+            let a = Message::from_vec(ours)
+                .unwrap_or_else(|e| panic!("{context}: fast answer does not parse: {e}"));
             let b = Message::from_vec(&reference).unwrap();
             assert_eq!(a.metadata, b.metadata, "{context}: header");
             assert_eq!(a.queries, b.queries, "{context}: question");
@@ -209,7 +254,10 @@ async fn the_fast_path_answers_exactly_like_the_reference_path() {
     }
     // The fast path must be the common path, and positive answers (no SOA) byte-identical
     // but for the large TCP ones.
-    assert!(fast_answers * 10 >= total * 7, "fast path answered {fast_answers} of {total}");
+    assert!(
+        fast_answers * 10 >= total * 7,
+        "fast path answered {fast_answers} of {total}"
+    );
     assert!(
         byte_identical * 10 >= positives * 9,
         "{byte_identical} of {positives} positive answers byte-identical"

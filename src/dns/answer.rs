@@ -485,16 +485,14 @@ pub(crate) fn classify<'a>(relative: &[&'a str]) -> NameKind<'a> {
             selection: Selection::All,
             srv_only: false,
         },
-        [first, second] if first.starts_with('_') && second.starts_with('_') => {
-            NameKind::Service {
-                service: &first[1..],
-                selection: match protocol_label(second) {
-                    Some(protocol) => Selection::Protocol(protocol),
-                    None => Selection::Tag(&second[1..]),
-                },
-                srv_only: true,
-            }
-        }
+        [first, second] if first.starts_with('_') && second.starts_with('_') => NameKind::Service {
+            service: &first[1..],
+            selection: match protocol_label(second) {
+                Some(protocol) => Selection::Protocol(protocol),
+                None => Selection::Tag(&second[1..]),
+            },
+            srv_only: true,
+        },
         // `_<port>.<service>` or `_<proto>.<service>`: empty non-terminals of named ports.
         [label, service] if label.starts_with('_') => NameKind::BelowService(service),
         [tag, service] => NameKind::Service {
@@ -515,7 +513,10 @@ pub(crate) fn classify<'a>(relative: &[&'a str]) -> NameKind<'a> {
 }
 
 /// The served instances a selection matches, each with the port it is answered on.
-pub(crate) fn select<'e>(entry: &'e ServiceEntry, selection: &Selection<'_>) -> Vec<(&'e Served, u16)> {
+pub(crate) fn select<'e>(
+    entry: &'e ServiceEntry,
+    selection: &Selection<'_>,
+) -> Vec<(&'e Served, u16)> {
     entry
         .dns
         .served()

@@ -22,8 +22,8 @@ use hickory_proto::rr::{Name, RecordType};
 use rand::Rng;
 
 use super::answer::{
-    Authority, CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD, NameKind, Transport, address_order,
-    classify, select, srv_order, wants,
+    Authority, CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD, NameKind, Transport, address_order, classify,
+    select, srv_order, wants,
 };
 use crate::registry::Snapshot;
 use crate::registry::snapshot::{parse_addr_label, wire_name};
@@ -63,7 +63,8 @@ impl FastAuthority {
         }
         let has_static_soa = domain_zone.is_some_and(|z| z.soa.is_some());
         let soa_names = (!has_static_soa).then(|| {
-            let ns = Name::from_ascii(format!("ns.addr.{domain}")).unwrap_or_else(|_| domain.clone());
+            let ns =
+                Name::from_ascii(format!("ns.addr.{domain}")).unwrap_or_else(|_| domain.clone());
             let hostmaster =
                 Name::from_ascii(format!("hostmaster.{domain}")).unwrap_or_else(|_| domain.clone());
             let mut names = wire_name(&ns);
@@ -289,9 +290,13 @@ pub fn answer<R: Rng>(
                     let mut glue: Vec<(IpAddr, u16)> = Vec::new();
                     for i in order {
                         let (served, port) = selected[i];
-                        let Some(target_at) =
-                            w.srv(served.priority, served.weight, port, &served.target_wire, authority.ttl)
-                        else {
+                        let Some(target_at) = w.srv(
+                            served.priority,
+                            served.weight,
+                            port,
+                            &served.target_wire,
+                            authority.ttl,
+                        ) else {
                             break;
                         };
                         if let Some(ip) = served.ip
@@ -429,7 +434,14 @@ impl<'s> Writer<'s> {
     }
 
     /// An SRV answer; returns the offset of its target, `None` (and TC) when it does not fit.
-    fn srv(&mut self, priority: u16, weight: u16, port: u16, target: &[u8], ttl: u32) -> Option<u16> {
+    fn srv(
+        &mut self,
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: &[u8],
+        ttl: u32,
+    ) -> Option<u16> {
         let rdlen = 6 + target.len();
         if !self.fits(12 + rdlen) {
             self.truncated = true;
@@ -443,7 +455,10 @@ impl<'s> Writer<'s> {
         self.put(target);
         self.answers += 1;
         // Pointers reach 14 bits; beyond that, glue is written without compression.
-        u16::try_from(at).ok().filter(|at| *at < 0x3FFF).or(Some(u16::MAX))
+        u16::try_from(at)
+            .ok()
+            .filter(|at| *at < 0x3FFF)
+            .or(Some(u16::MAX))
     }
 
     /// Glue for an SRV target; `false` when it does not fit (glue is optional: no TC).

@@ -141,7 +141,7 @@ impl Prober {
 }
 
 /// The error and its causes on one line (reqwest's top-level message alone is vague).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -76,6 +76,19 @@ impl TestServer {
         }
     }
 
+    /// Stops the server and starts a new, empty one on the same DNS and HTTP addresses, as
+    /// a registry restart looks to its clients.
+    pub async fn restart(self) -> Self {
+        let (dns, http) = (self.dns, self.http);
+        self.stop().await;
+        Self::start_with(Config {
+            dns_listen: dns,
+            http_listen: http,
+            ..test_config()
+        })
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }

@@ -1,0 +1,3 @@
+module srvdns.example/find_service
+
+go 1.19
