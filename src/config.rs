@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Log format [default: plain]
     #[arg(long, env = "SRVDNS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// UDP worker threads, each with its own socket [default: one per CPU]
+    #[arg(long, env = "SRVDNS_DNS_WORKERS", value_name = "N")]
+    pub dns_workers: Option<usize>,
 }
 
 /// The TOML configuration file: the same options as the flags.
@@ -83,6 +86,7 @@ pub struct FileConfig {
     pub token: Option<String>,
     pub max_answers: Option<usize>,
     pub log_format: Option<LogFormat>,
+    pub dns_workers: Option<usize>,
 }
 
 mod humantime_serde_opt {
@@ -127,6 +131,8 @@ pub struct Config {
     /// Most checks one instance may have.
     pub max_checks: usize,
     pub log_format: LogFormat,
+    /// UDP worker threads.
+    pub dns_workers: usize,
 }
 
 impl Default for Config {
@@ -144,6 +150,7 @@ impl Default for Config {
             max_answers: None,
             max_checks: 16,
             log_format: LogFormat::Plain,
+            dns_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -207,6 +214,10 @@ impl Config {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(defaults.log_format),
+            dns_workers: args
+                .dns_workers
+                .or(file.dns_workers)
+                .unwrap_or(defaults.dns_workers),
         };
         config.validate()?;
         Ok(config)
@@ -222,6 +233,9 @@ impl Config {
         }
         if self.negative_ttl.as_secs() > 3 * 3600 {
             return Err(invalid("negative-ttl", "must be at most 3h (RFC 2308 §5)"));
+        }
+        if self.dns_workers == 0 || self.dns_workers > 256 {
+            return Err(invalid("dns-workers", "must be between 1 and 256"));
         }
         if self.max_answers == Some(0) {
             return Err(invalid("max-answers", "must be at least 1"));

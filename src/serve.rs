@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ZonesSource};
 use crate::dns::answer::Authority;
 use crate::dns::server::{self as dns_server, DnsService};
+use crate::dns::udp;
 use crate::dns::zones::{StaticZones, ZoneError};
 use crate::health;
 use crate::health::engine::CheckStats;
@@ -54,6 +56,9 @@ pub struct Server {
     pub check_stats: Arc<CheckStats>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The UDP worker threads and their stop flag.
+    udp_workers: Vec<std::thread::JoinHandle<()>>,
+    udp_stop: Arc<AtomicBool>,
 }
 
 /// Loads the static zones a configuration names, and checks them against its domain.
@@ -112,18 +117,14 @@ impl Server {
             }
         };
 
-        let (udp, tcp) = dns_server::bind(config.dns_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "DNS",
-                addr: config.dns_listen,
-                source,
-            })?;
-        let dns_addr = udp.local_addr().map_err(|source| StartError::Bind {
+        let bind_error = |source| StartError::Bind {
             what: "DNS",
             addr: config.dns_listen,
             source,
-        })?;
+        };
+        let (udp, tcp) =
+            dns_server::bind(config.dns_listen, config.dns_workers).map_err(bind_error)?;
+        let dns_addr = tcp.local_addr().map_err(bind_error)?;
         let http_listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -159,11 +160,9 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        tasks.spawn(dns_server::serve_udp(
-            Arc::new(udp),
-            dns.clone(),
-            shutdown.clone(),
-        ));
+        let udp_stop = Arc::new(AtomicBool::new(false));
+        let udp_workers =
+            udp::spawn(udp, dns.clone(), Arc::clone(&udp_stop)).map_err(bind_error)?;
         tasks.spawn(dns_server::serve_tcp(tcp, dns, shutdown.clone()));
         tasks.spawn(health::ttl::run(Arc::clone(&registry), shutdown.clone()));
         let check_stats = Arc::new(CheckStats::default());
@@ -208,13 +207,23 @@ impl Server {
             check_stats,
             shutdown,
             tasks,
+            udp_workers,
+            udp_stop,
         })
     }
 
     /// Stops every task and waits for them: sockets close, blocking reads return.
     pub async fn stop(self) {
         self.shutdown.cancel();
+        self.udp_stop.store(true, Ordering::Relaxed);
         self.tasks.wait().await;
+        let workers = self.udp_workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
         // Every task has ended: nothing writes any more. Close the store (releasing its lock)
         // before returning, so a restart can open it at once.
         let registry = self.registry;

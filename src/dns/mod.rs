@@ -6,4 +6,5 @@
 pub mod answer;
 pub mod fast;
 pub mod server;
+pub mod udp;
 pub mod zones;

@@ -1,10 +1,12 @@
-//! DNS over UDP and TCP: sockets and framing around [`answer::respond`](super::answer::respond).
+//! DNS over UDP and TCP: sockets and framing around the two answer paths — [`fast`] for
+//! plain queries, [`respond`] (the reference path) for everything else.
 //!
 //! Why not hickory-server's `ServerFuture`: it spawns a task and builds a `MessageRequest` per
 //! UDP query, and its encoder decides truncation on its own. srvdns answers from an immutable
-//! snapshot with no await on the query path, so a plain receive–answer–send loop per socket
-//! is both simpler and faster, and keeps the truncation rules (RFC 2181 §9) in one pure
-//! function. hickory-proto still does all wire parsing and encoding.
+//! snapshot with no await on the query path: UDP runs on dedicated threads with batched system
+//! calls ([`super::udp`]), TCP on the async runtime here, both through
+//! [`DnsService::answer_into`]. hickory-proto still does the reference path's wire parsing
+//! and encoding.
 //!
 //! The query path never awaits the registry or the store: it loads the current snapshot
 //! (lock-free) and answers.
@@ -16,14 +18,14 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Authority, Transport, respond};
 use super::fast::{self, Scratch};
-use crate::registry::Registry;
+use crate::registry::{Registry, Snapshot};
 
 /// How long a TCP connection may sit idle between queries (RFC 7766 §6.2.3 suggests seconds).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,70 +39,81 @@ pub struct DnsService {
     pub registry: Arc<Registry>,
 }
 
-impl DnsService {
-    /// Answers one packet: the fast path when it can, else the reference path. The answer is
-    /// left in `scratch` (fast) or returned (reference).
-    fn answer<'s>(
-        &self,
-        packet: &[u8],
-        transport: Transport,
-        rng: &mut SmallRng,
-        scratch: &'s mut Scratch,
-        reference: &'s mut Vec<u8>,
-    ) -> Option<&'s [u8]> {
-        let snapshot = self.registry.snapshot_ref();
-        if fast::answer(&self.authority, &snapshot, packet, transport, rng, scratch) {
-            return Some(scratch.answer());
+/// Where one answer is written: reused from query to query.
+#[derive(Debug, Default)]
+pub struct Slot {
+    scratch: Scratch,
+    reference: Vec<u8>,
+    fast: bool,
+}
+
+impl Slot {
+    /// The last answer written.
+    pub fn bytes(&self) -> &[u8] {
+        if self.fast {
+            self.scratch.answer()
+        } else {
+            &self.reference
         }
-        *reference = respond(&self.authority, &snapshot, packet, transport, rng)?;
-        Some(reference)
     }
 }
 
-/// Binds UDP and TCP on the same address. With port 0, picks a port free for both.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+impl DnsService {
+    /// Answers one packet into `slot`: the fast path when it can, else the reference path.
+    /// `false`: send nothing (not a query, or no readable header).
+    pub fn answer_into(
+        &self,
+        snapshot: &Snapshot,
+        packet: &[u8],
+        transport: Transport,
+        rng: &mut SmallRng,
+        slot: &mut Slot,
+    ) -> bool {
+        if fast::answer(
+            &self.authority,
+            snapshot,
+            packet,
+            transport,
+            rng,
+            &mut slot.scratch,
+        ) {
+            slot.fast = true;
+            return true;
+        }
+        match respond(&self.authority, snapshot, packet, transport, rng) {
+            Some(bytes) => {
+                slot.reference = bytes;
+                slot.fast = false;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Binds `workers` UDP sockets and one TCP listener on the same address. With port 0, picks
+/// a port free for both.
+pub fn bind(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     let mut last_error = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(addr).await?;
-        let bound = udp.local_addr()?;
-        match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+        let udp = super::udp::bind(addr, workers)?;
+        let bound = match udp.first() {
+            Some(socket) => socket.local_addr()?,
+            None => return Err(std::io::Error::other("no UDP socket")),
+        };
+        match std::net::TcpListener::bind(bound) {
+            Ok(tcp) => {
+                tcp.set_nonblocking(true)?;
+                return Ok((udp, TcpListener::from_std(tcp)?));
+            }
             Err(e) if addr.port() == 0 => last_error = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last_error.unwrap_or_else(|| std::io::Error::other("no free port for UDP and TCP")))
-}
-
-/// Answers UDP queries until `shutdown`.
-pub async fn serve_udp(socket: Arc<UdpSocket>, service: DnsService, shutdown: CancellationToken) {
-    let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let mut buffer = vec![0u8; 65535];
-    let mut scratch = Scratch::default();
-    let mut reference = Vec::new();
-    loop {
-        let (len, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            received = socket.recv_from(&mut buffer) => match received {
-                Ok(received) => received,
-                Err(e) => {
-                    // Per-datagram errors (ICMP feedback and the like) concern one peer only.
-                    tracing::debug!(error = %e, "udp receive failed");
-                    continue;
-                }
-            },
-        };
-        if let Some(response) = service.answer(
-            &buffer[..len],
-            Transport::Udp,
-            &mut rng,
-            &mut scratch,
-            &mut reference,
-        ) && let Err(e) = socket.send_to(response, peer).await
-        {
-            tracing::debug!(error = %e, %peer, "udp send failed");
-        }
-    }
 }
 
 /// Accepts TCP connections until `shutdown`; each connection may carry many queries.
@@ -143,8 +156,7 @@ pub async fn serve_tcp(listener: TcpListener, service: DnsService, shutdown: Can
 async fn serve_connection(mut stream: TcpStream, service: &DnsService) -> std::io::Result<()> {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut buffer = vec![0u8; 65535];
-    let mut scratch = Scratch::default();
-    let mut reference = Vec::new();
+    let mut slot = Slot::default();
     loop {
         let mut prefix = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
@@ -160,15 +172,14 @@ async fn serve_connection(mut stream: TcpStream, service: &DnsService) -> std::i
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()), // a length prefix that lies, or a slow sender
         }
-        let Some(response) = service.answer(
-            message,
-            Transport::Tcp,
-            &mut rng,
-            &mut scratch,
-            &mut reference,
-        ) else {
-            continue;
+        let answered = {
+            let snapshot = service.registry.snapshot_ref();
+            service.answer_into(&snapshot, message, Transport::Tcp, &mut rng, &mut slot)
         };
+        if !answered {
+            continue;
+        }
+        let response = slot.bytes();
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(response);

@@ -1,0 +1,161 @@
+//! DNS over UDP: dedicated worker threads, one `SO_REUSEPORT` socket each, batched system
+//! calls.
+//!
+//! Each worker receives up to [`BATCH`] datagrams with one `recvmmsg(2)` (returning as soon
+//! as one is there), answers them all from one snapshot load, and sends the answers with one
+//! `sendmmsg(2)`. The kernel spreads clients over the workers' sockets. Nothing here awaits:
+//! the workers are plain threads, so the query path never waits behind HTTP or health work on
+//! the async runtime, and costs no task wake-ups.
+//!
+//! Workers poll a stop flag between batches (the socket has a short read timeout), so
+//! stopping the server ends them within [`POLL`].
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::server::DnsService;
+
+/// Datagrams handled per system call at most.
+pub const BATCH: usize = 32;
+/// The largest query read; longer datagrams are cut (and then answered FORMERR or not at all).
+const MAX_QUERY: usize = 4096;
+/// How often an idle worker looks at the stop flag.
+const POLL: Duration = Duration::from_millis(100);
+
+/// `workers` UDP sockets bound to `addr` with `SO_REUSEPORT` (with port 0, the first one picks
+/// the port and the others share it).
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let mut sockets = Vec::with_capacity(workers.max(1));
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.set_read_timeout(Some(POLL))?;
+        // Room for bursts: 4 MiB, or what the system allows.
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        let socket: UdpSocket = socket.into();
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Starts one worker thread per socket; they run until `stop` is set.
+pub fn spawn(
+    sockets: Vec<UdpSocket>,
+    service: DnsService,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            let service = service.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(format!("srvdns-udp-{i}"))
+                .spawn(move || worker(&socket, &service, &stop))
+        })
+        .collect()
+}
+
+fn worker(socket: &UdpSocket, service: &DnsService, stop: &AtomicBool) {
+    let fd = socket.as_raw_fd();
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
+    let mut slots: Vec<super::server::Slot> = (0..BATCH).map(|_| Default::default()).collect();
+    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+    let mut receive_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    while !stop.load(Ordering::Relaxed) {
+        received.clear();
+        {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+                .iter_mut()
+                .map(|buffer| [IoSliceMut::new(buffer)])
+                .collect();
+            match recvmmsg(
+                fd,
+                &mut receive_headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(messages) => {
+                    received.extend(messages.map(|m| (m.bytes, m.address)));
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive failed");
+                    continue;
+                }
+            }
+        }
+        // Answer the batch from one snapshot.
+        let mut answers: Vec<usize> = Vec::with_capacity(received.len());
+        {
+            let snapshot = service.registry.snapshot_ref();
+            for (i, (len, _)) in received.iter().enumerate() {
+                let query = &buffers[i][..(*len).min(MAX_QUERY)];
+                if service.answer_into(
+                    &snapshot,
+                    query,
+                    super::answer::Transport::Udp,
+                    &mut rng,
+                    &mut slots[i],
+                ) {
+                    answers.push(i);
+                }
+            }
+        }
+        if answers.is_empty() {
+            continue;
+        }
+        let slices: Vec<[IoSlice<'_>; 1]> = answers
+            .iter()
+            .map(|&i| [IoSlice::new(slots[i].bytes())])
+            .collect();
+        let addresses: Vec<Option<SockaddrStorage>> =
+            answers.iter().map(|&i| received[i].1).collect();
+        let mut sent = 0;
+        // sendmmsg may send fewer than asked (a full socket buffer): send the rest.
+        while sent < slices.len() {
+            match sendmmsg(
+                fd,
+                &mut send_headers,
+                slices[sent..].iter(),
+                &addresses[sent..],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => {
+                    let n = results.count();
+                    if n == 0 {
+                        break;
+                    }
+                    sent += n;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    // One unreachable peer must not stop the others' answers.
+                    tracing::debug!(error = %e, "udp send failed");
+                    sent += 1;
+                }
+            }
+        }
+    }
+}
