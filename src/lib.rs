@@ -3,10 +3,13 @@
 //! Services register over HTTP ([`http`]), the [`registry`] keeps them and their health, the
 //! [`health`] engine decides who is healthy, and [`dns`] answers plain DNS from immutable
 //! registry snapshots. [`serve`] wires the parts together; [`config`] holds the one
-//! configuration struct. See DESIGN.md for the contracts.
+//! configuration struct. With the cargo feature `etcd`, [`cluster`] lets several servers
+//! share one registry through etcd. See DESIGN.md for the contracts.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "etcd")]
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod health;
