@@ -6,7 +6,8 @@
 //! transaction of puts and deletes, so it is committed whole or not at all. The write returns
 //! — and the HTTP call is answered — only after etcd committed it (a quorum of members has it
 //! on disk). If etcd does not answer within [`REQUEST_TIMEOUT`], the write fails, the caller
-//! gets 503, and the registry reverts to the mirror.
+//! gets 503, and the registry reverts to the mirror. (Within that time a failed attempt is
+//! retried, so losing one member of a cluster costs a retry, not an error.)
 //!
 //! **The mirror** is etcd's registry as this server last saw it: fed by the listing and the
 //! watch ([`super::follow`]), never by this server's own writes (those come back through the
@@ -36,6 +37,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::{REQUEST_TIMEOUT, instance_key};
 use crate::registry::model::{InstanceId, ServiceName};
 use crate::store::{Change, Restored, Store, StoreError, StoredInstance};
+
+/// The pause between two attempts of one write.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
@@ -226,12 +230,25 @@ impl EtcdStore {
         operations.reverse();
         let mut kv = self.client.kv_client();
         let txn = Txn::new().and_then(operations);
-        let response = self
-            .runtime
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, kv.txn(txn)).await })
-            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
-        Ok(response.header().map_or(0, |h| h.revision()))
+        // Retried within the time budget: with several endpoints, a request may first be sent
+        // to a member that just died. Repeating the transaction is harmless (it sets the same
+        // values again).
+        self.runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+            loop {
+                let error = match tokio::time::timeout_at(deadline, kv.txn(txn.clone())).await {
+                    Ok(Ok(response)) => return Ok(response.header().map_or(0, |h| h.revision())),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => return Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+                };
+                let retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
+                if retry_at >= deadline {
+                    return Err(error);
+                }
+                tracing::debug!(%error, "etcd write failed; retrying");
+                tokio::time::sleep_until(retry_at).await;
+            }
+        })
     }
 }
 
