@@ -24,6 +24,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the registry is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A file in the data directory: one server (the default).
+    #[default]
+    Embedded,
+    /// An etcd cluster shared by several servers (needs a build with the `etcd` feature).
+    Etcd,
+}
+
 /// `srvdns serve` flags. Each also reads an `SRVDNS_*` environment variable.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -67,6 +78,40 @@ pub struct ServeArgs {
     /// UDP worker threads, each with its own socket [default: one per CPU]
     #[arg(long, env = "SRVDNS_DNS_WORKERS", value_name = "N")]
     pub dns_workers: Option<usize>,
+    /// Where the registry lives: `embedded` (a file in the data dir) or `etcd` (shared by
+    /// several servers, see docs/cluster.md) [default: embedded]
+    #[arg(long, env = "SRVDNS_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// etcd client URLs, comma-separated (`http://…` or `https://…`) [default: none]
+    #[arg(
+        long,
+        env = "SRVDNS_ETCD_ENDPOINTS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Key prefix of the registry in etcd [default: /srvdns/]
+    #[arg(long, env = "SRVDNS_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// etcd user (with --etcd-password) [default: none]
+    #[arg(long, env = "SRVDNS_ETCD_USER", value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// etcd password [default: none]
+    #[arg(long, env = "SRVDNS_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// CA certificate (PEM) that signs the etcd servers' certificates [default: the system's]
+    #[arg(long, env = "SRVDNS_ETCD_CA_FILE", value_name = "FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd, with --etcd-key-file [default: none]
+    #[arg(long, env = "SRVDNS_ETCD_CERT_FILE", value_name = "FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Client private key (PEM) for etcd [default: none]
+    #[arg(long, env = "SRVDNS_ETCD_KEY_FILE", value_name = "FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// TTL of the lease that makes one server the one running health checks; it bounds the
+    /// handover when that server dies [default: 5s]
+    #[arg(long, env = "SRVDNS_ETCD_LEASE_TTL", value_name = "DURATION")]
+    pub etcd_lease_ttl: Option<humantime::Duration>,
 }
 
 /// The TOML configuration file: the same options as the flags.
@@ -87,6 +132,16 @@ pub struct FileConfig {
     pub max_answers: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub dns_workers: Option<usize>,
+    pub store: Option<StoreKind>,
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_prefix: Option<String>,
+    pub etcd_user: Option<String>,
+    pub etcd_password: Option<String>,
+    pub etcd_ca_file: Option<PathBuf>,
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub etcd_lease_ttl: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -113,6 +168,47 @@ pub enum ZonesSource {
     None,
 }
 
+/// How to reach etcd (used with [`StoreKind::Etcd`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Every key srvdns writes starts with it.
+    pub prefix: String,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub lease_ttl: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            prefix: String::from("/srvdns/"),
+            user: None,
+            ca_file: None,
+            identity: None,
+            lease_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("ca_file", &self.ca_file)
+            .field("identity", &self.identity)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
 /// The validated configuration of `srvdns serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -133,6 +229,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// UDP worker threads.
     pub dns_workers: usize,
+    pub store: StoreKind,
+    pub etcd: EtcdConfig,
 }
 
 impl Default for Config {
@@ -151,6 +249,8 @@ impl Default for Config {
             max_checks: 16,
             log_format: LogFormat::Plain,
             dns_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            store: StoreKind::Embedded,
+            etcd: EtcdConfig::default(),
         }
     }
 }
@@ -173,6 +273,64 @@ impl Config {
         };
         let defaults = Self::default();
         let domain = args.domain.or(file.domain);
+        let etcd = EtcdConfig {
+            endpoints: args
+                .etcd_endpoints
+                .or(file.etcd_endpoints)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            prefix: args
+                .etcd_prefix
+                .or(file.etcd_prefix)
+                .unwrap_or(defaults.etcd.prefix.clone()),
+            user: match (
+                args.etcd_user.or(file.etcd_user),
+                args.etcd_password.or(file.etcd_password),
+            ) {
+                (Some(user), Some(password)) => Some((user, password)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid {
+                        flag: "etcd-password",
+                        message: "--etcd-user needs --etcd-password".into(),
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        flag: "etcd-user",
+                        message: "--etcd-password needs --etcd-user".into(),
+                    });
+                }
+            },
+            ca_file: args.etcd_ca_file.or(file.etcd_ca_file),
+            identity: match (
+                args.etcd_cert_file.or(file.etcd_cert_file),
+                args.etcd_key_file.or(file.etcd_key_file),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid {
+                        flag: "etcd-key-file",
+                        message: "--etcd-cert-file needs --etcd-key-file".into(),
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        flag: "etcd-cert-file",
+                        message: "--etcd-key-file needs --etcd-cert-file".into(),
+                    });
+                }
+            },
+            lease_ttl: args
+                .etcd_lease_ttl
+                .map(Into::into)
+                .or(file.etcd_lease_ttl)
+                .unwrap_or(defaults.etcd.lease_ttl),
+        };
         let config = Self {
             dns_listen: args
                 .dns_listen
@@ -218,6 +376,8 @@ impl Config {
                 .dns_workers
                 .or(file.dns_workers)
                 .unwrap_or(defaults.dns_workers),
+            store: args.store.or(file.store).unwrap_or(defaults.store),
+            etcd,
         };
         config.validate()?;
         Ok(config)
@@ -239,6 +399,41 @@ impl Config {
         }
         if self.max_answers == Some(0) {
             return Err(invalid("max-answers", "must be at least 1"));
+        }
+        if self.store == StoreKind::Etcd {
+            if !cfg!(feature = "etcd") {
+                return Err(invalid(
+                    "store",
+                    "this srvdns was built without etcd support: build it with \
+                     `cargo build --release --features etcd` (needs protoc)",
+                ));
+            }
+            if self.etcd.endpoints.is_empty() {
+                return Err(invalid(
+                    "etcd-endpoints",
+                    "--store etcd needs at least one endpoint (http://127.0.0.1:2379,…)",
+                ));
+            }
+            if let Some(bad) = self
+                .etcd
+                .endpoints
+                .iter()
+                .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+            {
+                return Err(invalid(
+                    "etcd-endpoints",
+                    &format!("{bad:?} is not an http:// or https:// URL"),
+                ));
+            }
+            if self.etcd.prefix.is_empty() {
+                return Err(invalid("etcd-prefix", "must not be empty"));
+            }
+            if self.etcd.lease_ttl < Duration::from_secs(2) {
+                return Err(invalid(
+                    "etcd-lease-ttl",
+                    "must be at least 2s (etcd's shortest lease)",
+                ));
+            }
         }
         if let ZonesSource::Dir(dir) = &self.zones
             && !dir.is_dir()
@@ -323,6 +518,42 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("srvdns.toml") && err.contains("tll"), "{err}");
+    }
+
+    #[test]
+    fn etcd_options_come_from_flags_and_the_file() {
+        let dir = std::env::temp_dir().join(format!("srvdns-config-etcd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("srvdns.toml");
+        std::fs::write(
+            &path,
+            "store = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n\
+             etcd_lease_ttl = \"3s\"\n",
+        )
+        .unwrap();
+        let resolved = Config::resolve(ServeArgs {
+            config: Some(path.clone()),
+            etcd_prefix: Some("/dns/".into()),
+            ..ServeArgs::default()
+        });
+        if !cfg!(feature = "etcd") {
+            let err = resolved.unwrap_err().to_string();
+            assert!(err.contains("--store") && err.contains("etcd"), "{err}");
+            return;
+        }
+        let config = resolved.unwrap();
+        assert_eq!(config.store, StoreKind::Etcd);
+        assert_eq!(config.etcd.endpoints.len(), 2);
+        assert_eq!(config.etcd.prefix, "/dns/");
+        assert_eq!(config.etcd.lease_ttl, Duration::from_secs(3));
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            etcd_user: Some("srvdns".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--etcd-password"), "{err}");
     }
 
     #[test]

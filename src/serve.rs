@@ -1,6 +1,10 @@
 //! `srvdns serve`: wires the registry, the DNS sockets, the HTTP API and the health engine, and
 //! stops them together.
 //!
+//! With `--store etcd` (feature `etcd`) it also runs the cluster's watch task, and runs the
+//! health engine and the TTL task only while this server holds the cluster's leadership
+//! ([`crate::cluster::leader`]).
+//!
 //! Every long-running task is spawned here, on one [`TaskTracker`], and watches one
 //! [`CancellationToken`]: [`Server::stop`] cancels the token and waits for all of them. Sockets
 //! are bound before [`Server::start`] returns, so a caller (a test, or `main`) knows the
@@ -14,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ZonesSource};
+use crate::config::{Config, StoreKind, ZonesSource};
 use crate::dns::answer::Authority;
 use crate::dns::server::{self as dns_server, DnsService};
 use crate::dns::udp;
@@ -43,6 +47,101 @@ pub enum StartError {
     Prober(#[from] reqwest::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[cfg(feature = "etcd")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("--store etcd: this srvdns was built without the `etcd` feature")]
+    EtcdNotBuilt,
+}
+
+/// The cluster's tasks, started with the other tasks once sockets are bound.
+#[cfg(feature = "etcd")]
+struct ClusterTasks {
+    follower: crate::cluster::follow::Follower,
+    client: etcd_client::Client,
+}
+
+#[cfg(not(feature = "etcd"))]
+struct ClusterTasks;
+
+/// The health work: the TTL task and the active check engine, until `token` is cancelled.
+async fn run_health(
+    registry: Arc<Registry>,
+    prober: Prober,
+    stats: Arc<CheckStats>,
+    token: CancellationToken,
+) {
+    tokio::join!(
+        health::ttl::run(Arc::clone(&registry), token.clone()),
+        health::engine::run(registry, prober, stats, token),
+    );
+}
+
+/// Opens the registry on the configured store; restored before any socket opens, so the first
+/// DNS answer and the first HTTP read already see every acknowledged registration.
+async fn open_registry(
+    config: &Config,
+    settings: RegistrySettings,
+) -> Result<(Arc<Registry>, Option<ClusterTasks>), StartError> {
+    if config.store == StoreKind::Etcd {
+        return open_cluster(config, settings).await;
+    }
+    let registry = match &config.data_dir {
+        Some(dir) => {
+            let store = EmbeddedStore::open(dir)?;
+            let registry = Registry::open(settings, Arc::new(store))?;
+            let snapshot = registry.snapshot();
+            tracing::info!(
+                data_dir = %dir.display(),
+                services = snapshot.services.len(),
+                instances = snapshot.services.values().map(|s| s.instances.len()).sum::<usize>(),
+                index = snapshot.index,
+                "registry restored"
+            );
+            registry
+        }
+        None => {
+            tracing::info!("memory-only registry (--data-dir none): nothing survives a restart");
+            Arc::new(Registry::new(settings))
+        }
+    };
+    Ok((registry, None))
+}
+
+#[cfg(feature = "etcd")]
+async fn open_cluster(
+    config: &Config,
+    settings: RegistrySettings,
+) -> Result<(Arc<Registry>, Option<ClusterTasks>), StartError> {
+    if config.data_dir.is_none() {
+        tracing::warn!(
+            "--store etcd with --data-dir none: a restart while etcd is down starts empty"
+        );
+    }
+    let started = crate::cluster::start(&config.etcd, config.data_dir.as_deref()).await?;
+    let registry = Registry::open(settings, started.store)?;
+    let snapshot = registry.snapshot();
+    tracing::info!(
+        endpoints = %config.etcd.endpoints.join(","), prefix = %config.etcd.prefix,
+        services = snapshot.services.len(),
+        instances = snapshot.services.values().map(|s| s.instances.len()).sum::<usize>(),
+        "registry opened on etcd"
+    );
+    Ok((
+        registry,
+        Some(ClusterTasks {
+            follower: started.follower,
+            client: started.client,
+        }),
+    ))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_cluster(
+    _config: &Config,
+    _settings: RegistrySettings,
+) -> Result<(Arc<Registry>, Option<ClusterTasks>), StartError> {
+    Err(StartError::EtcdNotBuilt)
 }
 
 /// A running server.
@@ -93,29 +192,7 @@ impl Server {
             },
             static_names: zones.service_labels_taken(&config.domain),
         };
-        // The registry is restored before any socket opens: the first DNS answer and the
-        // first HTTP read already see every acknowledged registration.
-        let registry = match &config.data_dir {
-            Some(dir) => {
-                let store = EmbeddedStore::open(dir)?;
-                let registry = Registry::open(settings, Arc::new(store))?;
-                let snapshot = registry.snapshot();
-                tracing::info!(
-                    data_dir = %dir.display(),
-                    services = snapshot.services.len(),
-                    instances = snapshot.services.values().map(|s| s.instances.len()).sum::<usize>(),
-                    index = snapshot.index,
-                    "registry restored"
-                );
-                registry
-            }
-            None => {
-                tracing::info!(
-                    "memory-only registry (--data-dir none): nothing survives a restart"
-                );
-                Arc::new(Registry::new(settings))
-            }
-        };
+        let (registry, cluster) = open_registry(&config, settings).await?;
 
         let bind_error = |source| StartError::Bind {
             what: "DNS",
@@ -164,14 +241,45 @@ impl Server {
         let udp_workers =
             udp::spawn(udp, dns.clone(), Arc::clone(&udp_stop)).map_err(bind_error)?;
         tasks.spawn(dns_server::serve_tcp(tcp, dns, shutdown.clone()));
-        tasks.spawn(health::ttl::run(Arc::clone(&registry), shutdown.clone()));
         let check_stats = Arc::new(CheckStats::default());
-        tasks.spawn(health::engine::run(
-            Arc::clone(&registry),
-            Prober::new()?,
-            Arc::clone(&check_stats),
-            shutdown.clone(),
-        ));
+        let prober = Prober::new()?;
+        match cluster {
+            None => {
+                tasks.spawn(run_health(
+                    Arc::clone(&registry),
+                    prober,
+                    Arc::clone(&check_stats),
+                    shutdown.clone(),
+                ));
+            }
+            #[cfg(feature = "etcd")]
+            Some(cluster) => {
+                tasks.spawn(
+                    cluster
+                        .follower
+                        .run(Arc::clone(&registry), shutdown.clone()),
+                );
+                let (registry, stats) = (Arc::clone(&registry), Arc::clone(&check_stats));
+                let identity = format!("srvdns http={http_addr} pid={}", std::process::id());
+                tasks.spawn(crate::cluster::leader::run(
+                    cluster.client,
+                    config.etcd.prefix.clone(),
+                    config.etcd.lease_ttl,
+                    identity,
+                    move |token| {
+                        run_health(
+                            Arc::clone(&registry),
+                            prober.clone(),
+                            Arc::clone(&stats),
+                            token,
+                        )
+                    },
+                    shutdown.clone(),
+                ));
+            }
+            #[cfg(not(feature = "etcd"))]
+            Some(ClusterTasks) => return Err(StartError::EtcdNotBuilt),
+        }
 
         let app = http::router(AppState {
             registry: Arc::clone(&registry),

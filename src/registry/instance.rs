@@ -21,6 +21,10 @@ pub struct CheckState {
     pub last_change: SystemTime,
     /// When a `ttl` check turns critical unless a heartbeat comes first.
     pub ttl_deadline: Option<Instant>,
+    /// `ttl` checks: the wall-clock time of the last heartbeat (registration and restore count
+    /// as one). Stored, so that in a cluster the server deciding expiry learns of heartbeats
+    /// other servers took.
+    pub heartbeat_at: Option<SystemTime>,
     /// Since when this check has been critical (for `deregister_after`).
     pub critical_since: Option<Instant>,
     /// Consecutive probe results in the direction opposite to the current status.
@@ -39,9 +43,9 @@ impl CheckState {
             (_, Status::Critical) => String::from("awaiting the first probe"),
             _ => String::new(),
         };
-        let ttl_deadline = match spec.kind {
-            CheckKind::Ttl { ttl } => Some(now + ttl),
-            _ => None,
+        let (ttl_deadline, heartbeat_at) = match spec.kind {
+            CheckKind::Ttl { ttl } => (Some(now + ttl), Some(wall)),
+            _ => (None, None),
         };
         Self {
             critical_since: (status == Status::Critical).then_some(now),
@@ -50,6 +54,7 @@ impl CheckState {
             output,
             last_change: wall,
             ttl_deadline,
+            heartbeat_at,
             streak: 0,
             probed: false,
         }
@@ -141,6 +146,7 @@ impl Instance {
                     let mut kept = old.swap_remove(i);
                     if let CheckKind::Ttl { ttl } = spec.kind {
                         kept.ttl_deadline = Some(now + ttl);
+                        kept.heartbeat_at = Some(wall);
                         kept.set(
                             Status::Passing,
                             String::from("registered again (counts as a heartbeat)"),
@@ -238,6 +244,7 @@ impl Instance {
                     status: c.status,
                     output: c.output.clone(),
                     last_change: c.last_change,
+                    heartbeat_at: c.heartbeat_at,
                 })
                 .collect(),
             registered_at: self.registered_at,
@@ -262,6 +269,56 @@ impl Instance {
         instance.status = instance.derive_status();
         instance.last_change = stored.last_change;
         instance
+    }
+
+    /// An instance as another server of a cluster stored it, merged with what this server
+    /// knows of it (`local`), at `now`.
+    ///
+    /// The stored form has no deadlines, so they are rebuilt: a `ttl` check's deadline counts
+    /// from its stored heartbeat time (a heartbeat taken by any server renews it here, minus the
+    /// time it took to arrive; clocks are assumed to agree within a fraction of the TTL), and a
+    /// check that turned critical elsewhere counts its `deregister_after` from its stored last
+    /// change. A check whose status did not change keeps this server's probe streak and
+    /// clocks.
+    pub fn merge_remote(
+        local: Option<&Instance>,
+        stored: StoredInstance,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let age = |at: SystemTime| wall.duration_since(at).unwrap_or(Duration::ZERO);
+        let saved_checks = stored.checks.clone();
+        let mut merged = Self::from_stored(stored, now, wall);
+        for check in &mut merged.checks {
+            let saved = saved_checks.iter().find(|s| s.name == check.spec.name);
+            let known = local.and_then(|l| l.checks.iter().find(|c| c.spec == check.spec));
+            if let CheckKind::Ttl { ttl } = check.spec.kind {
+                match (saved.and_then(|s| s.heartbeat_at), known) {
+                    (Some(at), _) => {
+                        check.heartbeat_at = Some(at);
+                        check.ttl_deadline = Some(now + ttl.saturating_sub(age(at)));
+                    }
+                    (None, Some(known)) => {
+                        check.heartbeat_at = known.heartbeat_at;
+                        check.ttl_deadline = known.ttl_deadline;
+                    }
+                    (None, None) => {}
+                }
+            }
+            match known {
+                Some(known) if known.status == check.status => {
+                    check.critical_since = known.critical_since;
+                    check.streak = known.streak;
+                    check.probed = known.probed;
+                }
+                _ if check.status == Status::Critical => {
+                    check.critical_since =
+                        Some(now.checked_sub(age(check.last_change)).unwrap_or(now));
+                }
+                _ => {}
+            }
+        }
+        merged
     }
 
     /// The earliest instant at which [`Instance::expire`] may change something.
@@ -362,6 +419,50 @@ mod tests {
         i.maintenance = Some("deploy".into());
         i.refresh_status(wall);
         assert_eq!(i.status, InstanceStatus::Maintenance);
+    }
+
+    #[test]
+    fn a_remote_heartbeat_renews_the_deadline_from_its_own_time() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let local = Instance::new(registration(vec![ttl_check("a", 10_000, None)]), t0, wall);
+        // Another server took a heartbeat 2 s after registration; it arrives 3 s after it.
+        let mut stored = local.to_stored();
+        stored.checks[0].heartbeat_at = Some(wall + Duration::from_secs(2));
+        let t1 = t0 + Duration::from_secs(3);
+        let merged =
+            Instance::merge_remote(Some(&local), stored, t1, wall + Duration::from_secs(3));
+        assert_eq!(
+            merged.checks[0].ttl_deadline,
+            Some(t1 + Duration::from_secs(9))
+        );
+        // Without a stored heartbeat time, the local deadline stands.
+        let mut stored = local.to_stored();
+        stored.checks[0].heartbeat_at = None;
+        let merged = Instance::merge_remote(Some(&local), stored, t1, wall);
+        assert_eq!(merged.checks[0].ttl_deadline, local.checks[0].ttl_deadline);
+    }
+
+    #[test]
+    fn a_check_turned_critical_elsewhere_counts_deregister_after_from_its_change() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let local = Instance::new(
+            registration(vec![ttl_check("a", 100, Some(60_000))]),
+            t0,
+            wall,
+        );
+        let mut stored = local.to_stored();
+        stored.checks[0].status = Status::Critical;
+        stored.checks[0].last_change = wall + Duration::from_secs(1);
+        let t1 = t0 + Duration::from_secs(11);
+        let merged =
+            Instance::merge_remote(Some(&local), stored, t1, wall + Duration::from_secs(11));
+        assert_eq!(merged.status, InstanceStatus::Critical);
+        assert_eq!(
+            merged.checks[0].critical_since,
+            Some(t1 - Duration::from_secs(10))
+        );
     }
 
     #[test]

@@ -394,6 +394,7 @@ impl Registry {
                 let check = &mut instance.checks[i];
                 if let super::model::CheckKind::Ttl { ttl } = check.spec.kind {
                     check.ttl_deadline = Some(now + ttl);
+                    check.heartbeat_at = Some(wall);
                 }
                 check.set(status, output.clone(), now, wall);
             }
@@ -524,6 +525,111 @@ impl Registry {
             self.commit(state, &changed, false);
         }
         next
+    }
+
+    /// Applies changes that another server of a cluster committed to the shared store, as the
+    /// cluster store's watch saw them, *without* writing them back: the store already has them.
+    ///
+    /// `accept` is asked, under the registry lock, about each instance before its change is
+    /// applied; the cluster store refuses changes that are older than what this server already
+    /// shows, or that would overwrite a change of its own still in flight (see
+    /// `cluster::store`). With `complete`, `changes` is the whole registry (a fresh listing):
+    /// instances it does not mention are removed too, if `accept` agrees.
+    ///
+    /// A change equal to what this server holds (the echo of its own write) changes nothing.
+    /// Anything else is published like a local change: a new index, a new snapshot, blocking
+    /// readers woken, the active check engine reconciled. Returns whether anything changed.
+    pub fn apply_remote(
+        &self,
+        changes: Vec<Change>,
+        complete: bool,
+        accept: &mut dyn FnMut(&ServiceName, &InstanceId) -> bool,
+    ) -> bool {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut state = self.lock();
+        let mut changes = changes;
+        if complete {
+            let listed: BTreeSet<(ServiceName, InstanceId)> = changes
+                .iter()
+                .map(|c| {
+                    let (service, id) = c.key();
+                    (service.clone(), id.clone())
+                })
+                .collect();
+            for (service, instances) in &state.services {
+                for id in instances.keys() {
+                    if !listed.contains(&(service.clone(), id.clone())) {
+                        changes.push(Change::Delete {
+                            service: service.clone(),
+                            id: id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let mut touched: Vec<(ServiceName, InstanceId)> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for change in changes {
+            let (service, id) = change.key();
+            let (service, id) = (service.clone(), id.clone());
+            let local = state
+                .services
+                .get(&service)
+                .and_then(|m| m.get(&id))
+                .cloned();
+            match change {
+                Change::Put(stored) => {
+                    if local.as_ref().is_some_and(|l| l.to_stored() == *stored) {
+                        continue;
+                    }
+                    if !accept(&service, &id) {
+                        continue;
+                    }
+                    let instance = Instance::merge_remote(local.as_deref(), *stored, now, wall);
+                    match &local {
+                        Some(before) => {
+                            log_status(&instance, before.status, "change from the cluster")
+                        }
+                        None => tracing::info!(
+                            service = %service, instance = %id, status = %instance.status,
+                            address = %instance.registration.address,
+                            port = instance.registration.port,
+                            origin = "cluster",
+                            "instance registered"
+                        ),
+                    }
+                    next = next.into_iter().chain(instance.next_deadline()).min();
+                    put_instance(&mut state, &service, Arc::new(instance));
+                }
+                Change::Delete { .. } => {
+                    if local.is_none() || !accept(&service, &id) {
+                        continue;
+                    }
+                    if let Some(instances) = state.services.get_mut(&service) {
+                        instances.remove(&id);
+                    }
+                    tracing::info!(
+                        service = %service, instance = %id, origin = "cluster",
+                        "instance deregistered"
+                    );
+                }
+            }
+            touched.push((service, id));
+        }
+        if touched.is_empty() {
+            return false;
+        }
+        self.watch_deadline(&mut state, next);
+        let services: Vec<ServiceName> = touched
+            .iter()
+            .map(|(service, _)| service.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let index = self.rebuild(&mut state, &services, true);
+        drop(state);
+        self.changes.send_replace(index);
+        true
     }
 
     /// Waits until the expiry task should run again: the deadline passed, or an earlier one

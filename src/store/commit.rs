@@ -18,7 +18,8 @@ use tokio::sync::oneshot;
 
 use super::{Change, Store, StoreError};
 
-/// The most changes written in one transaction.
+/// The most changes written in one transaction (a store may ask for fewer:
+/// [`Store::max_batch`]).
 pub const MAX_BATCH: usize = 4096;
 
 struct Job {
@@ -35,6 +36,8 @@ pub type OnFailure = Box<dyn Fn(&dyn Store, &dyn Fn()) + Send>;
 /// which owns the store: once it has stopped, the store is closed.
 pub struct Committer {
     jobs: mpsc::Sender<Job>,
+    /// Told of every queued change ([`Store::queued`]).
+    store: Arc<dyn Store>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -59,11 +62,13 @@ impl Committer {
     /// Starts the commit thread.
     pub fn start(store: Arc<dyn Store>, on_failure: OnFailure) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let writer = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("srvdns-store".into())
-            .spawn(move || run(&*store, &queue, &on_failure))?;
+            .spawn(move || run(&*writer, &queue, &on_failure))?;
         Ok(Self {
             jobs,
+            store,
             thread: Some(thread),
         })
     }
@@ -79,6 +84,7 @@ impl Committer {
 
     /// Queues a change; the ticket resolves when it is durable.
     pub fn submit(&self, index: u64, change: Change) -> Ticket {
+        self.store.queued(&change);
         let (tx, rx) = oneshot::channel();
         let job = Job {
             index,
@@ -98,6 +104,7 @@ impl Committer {
 
     /// Queues a change nobody waits for (health transitions).
     pub fn submit_detached(&self, index: u64, change: Change) {
+        self.store.queued(&change);
         let _ = self.jobs.send(Job {
             index,
             change,
@@ -107,10 +114,11 @@ impl Committer {
 }
 
 fn run(store: &dyn Store, queue: &mpsc::Receiver<Job>, on_failure: &OnFailure) {
+    let max_batch = store.max_batch().clamp(1, MAX_BATCH);
     loop {
         let Ok(first) = queue.recv() else { return };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,

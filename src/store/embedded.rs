@@ -31,7 +31,13 @@ fn key(service: &str, id: &str) -> String {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, checking its format version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let file = dir.join(FILE_NAME);
+        Self::open_file(dir, FILE_NAME)
+    }
+
+    /// Opens (or creates) the store in the file `name` of `dir` (the cluster store keeps its
+    /// local copy of the etcd registry in a file of its own, apart from `registry.redb`).
+    pub fn open_file(dir: &Path, name: &str) -> Result<Self, StoreError> {
+        let file = dir.join(name);
         let open_error = |detail: String| StoreError::Open {
             file: file.clone(),
             detail,

@@ -8,8 +8,13 @@
 //! [`Store::load`] before DNS and HTTP open.
 //!
 //! What is stored per instance: the registration (tags, meta, checks…), the maintenance flag,
-//! and the last known status and output of each check. What is not: TTL deadlines (they restart
-//! from the restore time) and probe streaks (active checks run again at once).
+//! the last known status and output of each check, and the wall-clock time of the last
+//! heartbeat of each `ttl` check. What is not: TTL deadlines (a restart counts as a heartbeat)
+//! and probe streaks (active checks run again at once).
+//!
+//! Two stores exist: [`embedded`] (one redb file in the data directory, the default) and, with
+//! the cargo feature `etcd`, the cluster store in [`crate::cluster`], where several servers
+//! share one registry.
 
 pub mod commit;
 pub mod embedded;
@@ -43,6 +48,11 @@ pub struct StoredCheck {
     pub status: Status,
     pub output: String,
     pub last_change: SystemTime,
+    /// `ttl` checks: when the last heartbeat (or registration) arrived. In a cluster it tells
+    /// the server that decides expiry when a heartbeat taken by another server happened.
+    /// Absent in stores written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<SystemTime>,
 }
 
 /// One change to persist.
@@ -91,6 +101,8 @@ pub enum StoreError {
     Open { file: PathBuf, detail: String },
     #[error("writing to {} failed: {detail}", file.display())]
     Write { file: PathBuf, detail: String },
+    #[error("the etcd cluster did not take the change: {detail}")]
+    Cluster { detail: String },
     #[error("the store is shutting down")]
     Closed,
 }
@@ -102,4 +114,23 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `changes` in order, records `index`, and makes it all durable at once: after an
     /// `Ok` the batch survives a crash; after an `Err` none of it is stored.
     fn write(&self, index: u64, changes: &[Change]) -> Result<(), StoreError>;
+    /// Told of each change when it is queued for [`Store::write`], in registry order and under
+    /// the registry lock. The cluster store uses it to know which instances have writes in
+    /// flight; other stores ignore it.
+    fn queued(&self, _change: &Change) {}
+    /// The most changes one [`Store::write`] may be given (etcd limits the operations of one
+    /// transaction).
+    fn max_batch(&self) -> usize {
+        commit::MAX_BATCH
+    }
+}
+
+impl Change {
+    /// The instance this change is about.
+    pub fn key(&self) -> (&ServiceName, &InstanceId) {
+        match self {
+            Change::Put(instance) => (&instance.registration.service, &instance.registration.id),
+            Change::Delete { service, id } => (service, id),
+        }
+    }
 }
