@@ -186,21 +186,45 @@ fn reconcile(
     scheduled: &mut HashMap<Key, Scheduled>,
     mut spawn: impl FnMut(Key, Plan, CancellationToken),
 ) {
+    // Both maps are sorted by name and share the entries of unchanged services: walk them
+    // side by side, comparing pointers, so a change costs one pass of pointer compares rather
+    // than a lookup per service.
     let mut changed: Vec<&ServiceName> = Vec::new();
-    for (name, entry) in snapshot.services.iter() {
-        if last
-            .services
-            .get(name)
-            .is_none_or(|old| !Arc::ptr_eq(old, entry))
-        {
-            changed.push(name);
+    let mut removed: Vec<&ServiceName> = Vec::new();
+    let mut old = last.services.iter().peekable();
+    let mut new = snapshot.services.iter().peekable();
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some((_, a)), Some((_, b))) if Arc::ptr_eq(a, b) => {
+                old.next();
+                new.next();
+            }
+            (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                std::cmp::Ordering::Equal => {
+                    changed.push(b);
+                    old.next();
+                    new.next();
+                }
+                std::cmp::Ordering::Less => {
+                    removed.push(a);
+                    old.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changed.push(b);
+                    new.next();
+                }
+            },
+            (Some((a, _)), None) => {
+                removed.push(a);
+                old.next();
+            }
+            (None, Some((b, _))) => {
+                changed.push(b);
+                new.next();
+            }
+            (None, None) => break,
         }
     }
-    let removed: Vec<&ServiceName> = last
-        .services
-        .keys()
-        .filter(|name| !snapshot.services.contains_key(*name))
-        .collect();
 
     for service in removed {
         scheduled.retain(|(s, _), task| {
