@@ -34,10 +34,19 @@ pub struct CheckStats {
     pub scheduled_instances: AtomicU64,
     pub runs: AtomicU64,
     pub failures: AtomicU64,
-    /// Lateness histogram: bucket `i` counts probes that started `i` ms late; the last
-    /// bucket counts everything from [`LATENESS_BUCKETS`] − 1 ms on.
+    /// Lateness histogram since start: bucket `i` counts probes that started `i` ms late;
+    /// the last bucket counts everything from [`LATENESS_BUCKETS`] − 1 ms on.
     lateness_ms: Vec<AtomicU64>,
+    /// The same over rotating windows of [`RECENT_WINDOW`]: the current one fills while the
+    /// other holds the last complete window ("recent" lateness, free of start-up bursts).
+    recent: [Vec<AtomicU64>; 2],
+    current: AtomicU64,
+    window_started_ms: AtomicU64,
+    created: std::time::Instant,
 }
+
+/// The length of the "recent" lateness window.
+pub const RECENT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Buckets of the lateness histogram (1 ms each).
 pub const LATENESS_BUCKETS: usize = 1001;
@@ -49,6 +58,13 @@ impl Default for CheckStats {
             runs: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             lateness_ms: (0..LATENESS_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            recent: [
+                (0..LATENESS_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+                (0..LATENESS_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            ],
+            current: AtomicU64::new(0),
+            window_started_ms: AtomicU64::new(0),
+            created: std::time::Instant::now(),
         }
     }
 }
@@ -57,12 +73,42 @@ impl CheckStats {
     fn record_lateness(&self, late: Duration) {
         let bucket = (late.as_millis() as usize).min(LATENESS_BUCKETS - 1);
         self.lateness_ms[bucket].fetch_add(1, Ordering::Relaxed);
+        let now_ms = self.created.elapsed().as_millis() as u64;
+        let started = self.window_started_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(started) >= RECENT_WINDOW.as_millis() as u64
+            && self
+                .window_started_ms
+                .compare_exchange(started, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // This caller rotates: the other window is cleared and becomes the current one.
+            let next = 1 - self.current.load(Ordering::Relaxed);
+            for count in &self.recent[next as usize] {
+                count.store(0, Ordering::Relaxed);
+            }
+            self.current.store(next, Ordering::Relaxed);
+        }
+        let current = self.current.load(Ordering::Relaxed) as usize;
+        self.recent[current][bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The lateness quantile `q` (0–1) in whole milliseconds, `None` before any run.
+    /// The lateness quantile `q` (0–1) since start, in whole milliseconds; `None` before
+    /// any run.
     pub fn lateness_quantile_ms(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .lateness_ms
+        quantile(&self.lateness_ms, q)
+    }
+
+    /// The lateness quantile `q` over the last complete [`RECENT_WINDOW`] (or the current one
+    /// before the first window completes).
+    pub fn recent_lateness_quantile_ms(&self, q: f64) -> Option<u64> {
+        let current = self.current.load(Ordering::Relaxed) as usize;
+        quantile(&self.recent[1 - current], q).or_else(|| quantile(&self.recent[current], q))
+    }
+}
+
+fn quantile(histogram: &[AtomicU64], q: f64) -> Option<u64> {
+    {
+        let counts: Vec<u64> = histogram
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
