@@ -41,9 +41,12 @@ pub fn is_dns_label(s: &str) -> bool {
 }
 
 /// A service name: a DNS label, case-folded. `addr` is reserved for address names.
+///
+/// Shared (`Arc<str>`): every snapshot holds every service's name, and publishing a snapshot
+/// copies the map of services, so a clone must not allocate.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ServiceName(String);
+pub struct ServiceName(std::sync::Arc<str>);
 
 impl ServiceName {
     /// The label reserved for `<addr>.addr.<domain>` target names.
@@ -74,7 +77,7 @@ impl TryFrom<&str> for ServiceName {
                 "service name \"addr\" is reserved for address names (<ip>.addr.<domain>)",
             ));
         }
-        Ok(Self(folded))
+        Ok(Self(folded.into()))
     }
 }
 
@@ -88,7 +91,7 @@ impl TryFrom<String> for ServiceName {
 
 impl From<ServiceName> for String {
     fn from(name: ServiceName) -> Self {
-        name.0
+        name.0.to_string()
     }
 }
 
