@@ -38,17 +38,11 @@ impl ShutdownSignals {
     pub fn install() -> Self {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{SignalKind, signal};
-            let listen = |kind: SignalKind| match signal(kind) {
-                Ok(stream) => Some(stream),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for a shutdown signal");
-                    None
-                }
-            };
+            use tokio::signal::unix::SignalKind;
+            let why = "cannot listen for a shutdown signal";
             Self {
-                interrupt: listen(SignalKind::interrupt()),
-                terminate: listen(SignalKind::terminate()),
+                interrupt: listen(SignalKind::interrupt(), why),
+                terminate: listen(SignalKind::terminate(), why),
             }
         }
         #[cfg(not(unix))]
@@ -59,16 +53,6 @@ impl ShutdownSignals {
     pub async fn recv(&mut self) -> Shutdown {
         #[cfg(unix)]
         {
-            async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
-                match stream {
-                    Some(stream) => {
-                        if stream.recv().await.is_none() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            }
             tokio::select! {
                 _ = next(&mut self.interrupt) => Shutdown::Interrupt,
                 _ = next(&mut self.terminate) => Shutdown::Terminate,
@@ -79,5 +63,33 @@ impl ShutdownSignals {
             let _ = tokio::signal::ctrl_c().await;
             Shutdown::Interrupt
         }
+    }
+}
+
+/// Starts listening for `kind`; `None` (logged with `why`) when the system refuses.
+#[cfg(unix)]
+pub(crate) fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    why: &'static str,
+) -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(kind) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::warn!(error = %e, "{why}");
+            None
+        }
+    }
+}
+
+/// The next delivery of a signal; never, for one that is not listened for.
+#[cfg(unix)]
+pub(crate) async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
+    match stream {
+        Some(stream) => {
+            if stream.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }

@@ -130,18 +130,13 @@ impl PassedSignals {
     pub fn install() -> Self {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{SignalKind, signal};
-            let listen = |kind: SignalKind| match signal(kind) {
-                Ok(stream) => Some(stream),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot pass a signal on to the app");
-                    None
-                }
-            };
+            use crate::signals::listen;
+            use tokio::signal::unix::SignalKind;
+            let why = "cannot pass a signal on to the app";
             Self {
-                hangup: listen(SignalKind::hangup()),
-                user1: listen(SignalKind::user_defined1()),
-                user2: listen(SignalKind::user_defined2()),
+                hangup: listen(SignalKind::hangup(), why),
+                user1: listen(SignalKind::user_defined1(), why),
+                user2: listen(SignalKind::user_defined2(), why),
             }
         }
         #[cfg(not(unix))]
@@ -152,16 +147,7 @@ impl PassedSignals {
     pub async fn recv(&mut self) -> Passed {
         #[cfg(unix)]
         {
-            async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
-                match stream {
-                    Some(stream) => {
-                        if stream.recv().await.is_none() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            }
+            use crate::signals::next;
             tokio::select! {
                 _ = next(&mut self.hangup) => Passed::Hangup,
                 _ = next(&mut self.user1) => Passed::User1,
