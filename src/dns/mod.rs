@@ -5,5 +5,6 @@
 
 pub mod answer;
 pub mod fast;
+pub mod rrl;
 pub mod server;
 pub mod zones;
