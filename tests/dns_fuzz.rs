@@ -79,7 +79,7 @@ fn mutate(rng: &mut SmallRng, packet: &mut Vec<u8>) {
     const INTERESTING: [u8; 9] = [0, 1, 0x3f, 0x40, 0x7f, 0x80, 0xc0, 0xfe, 0xff];
     for _ in 0..rng.random_range(1..6) {
         let len = packet.len();
-        match rng.random_range(0..8) {
+        match rng.random_range(0..9) {
             0 if len > 0 => {
                 let i = rng.random_range(0..len);
                 packet[i] ^= 1 << rng.random_range(0..8);
@@ -110,6 +110,15 @@ fn mutate(rng: &mut SmallRng, packet: &mut Vec<u8>) {
                 let target = rng.random_range(0..len as u16);
                 packet[i] = 0xc0 | (target >> 8) as u8;
                 packet[i + 1] = target as u8;
+            }
+            7 if len > 16 => {
+                // The question (or whatever follows the header) many times, counted.
+                let body = packet[12..].to_vec();
+                let times = rng.random_range(2..300u16);
+                for _ in 1..times {
+                    packet.extend_from_slice(&body);
+                }
+                packet[4..6].copy_from_slice(&times.to_be_bytes());
             }
             6 if len > 12 => {
                 // A chunk of the body repeated (more questions, records, labels).
@@ -142,6 +151,8 @@ fn fuzz(seed: u64, budget: Duration, max: usize) -> usize {
         } else {
             let mut packet = seeds[rng.random_range(0..seeds.len())].clone();
             mutate(&mut rng, &mut packet);
+            // No DNS message is longer (a TCP length prefix is 16 bits).
+            packet.truncate(65535);
             packet
         };
         let outcome =
