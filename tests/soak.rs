@@ -80,9 +80,11 @@ fn start(data_dir: &Path, dns: &str, http: &str) -> Server {
         }
     });
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("srvdns logs its start line");
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("srvdns did not log its start line in time (exit: {status:?})");
+        };
         if line.contains("srvdns serving") {
             return Server {
                 dns: field(&line, "dns=").expect("dns="),
