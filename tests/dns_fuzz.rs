@@ -134,6 +134,9 @@ fn mutate(rng: &mut SmallRng, packet: &mut Vec<u8>) {
             }
             _ => packet.push(rng.random()),
         }
+        // No DNS message is longer (a TCP length prefix is 16 bits); capping each step also
+        // keeps repeated growth from eating memory.
+        packet.truncate(65535);
     }
 }
 
@@ -151,8 +154,6 @@ fn fuzz(seed: u64, budget: Duration, max: usize) -> usize {
         } else {
             let mut packet = seeds[rng.random_range(0..seeds.len())].clone();
             mutate(&mut rng, &mut packet);
-            // No DNS message is longer (a TCP length prefix is 16 bits).
-            packet.truncate(65535);
             packet
         };
         let outcome =
