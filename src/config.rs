@@ -13,6 +13,13 @@ use std::time::Duration;
 use hickory_proto::rr::Name;
 use serde::Deserialize;
 
+use crate::dns::rrl::RrlConfig;
+use crate::dns::server::TcpLimits;
+use crate::http::admission::HttpLimits;
+use crate::http::auth::TokenFile;
+use crate::http::registration::Limits;
+use crate::registry::InstanceLimits;
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +76,89 @@ pub struct ServeArgs {
     /// Bearer token required for writes to the HTTP API [default: none]
     #[arg(long, env = "SRVDNS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Require a token for reads too (all but GET /v1/health) [default: false]
+    #[arg(long, env = "SRVDNS_TOKEN_READS", num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub token_reads: Option<bool>,
+    /// TOML file of per-service write tokens (see examples/tokens.toml) [default: none]
+    #[arg(long, env = "SRVDNS_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Allow the HTTP API on a non-loopback address without any token [default: false]
+    #[arg(long, env = "SRVDNS_INSECURE_HTTP", num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub insecure_http: Option<bool>,
+    /// PEM certificate chain: serve the HTTP API over TLS (with --tls-key) [default: plain]
+    #[arg(long, env = "SRVDNS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "SRVDNS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest HTTP request body [default: 262144]
+    #[arg(long, env = "SRVDNS_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most checks per instance [default: 16]
+    #[arg(long, env = "SRVDNS_MAX_CHECKS", value_name = "N")]
+    pub max_checks: Option<usize>,
+    /// Most tags per instance [default: 64]
+    #[arg(long, env = "SRVDNS_MAX_TAGS", value_name = "N")]
+    pub max_tags: Option<usize>,
+    /// Longest tag [default: 255]
+    #[arg(long, env = "SRVDNS_MAX_TAG_BYTES", value_name = "BYTES")]
+    pub max_tag_bytes: Option<usize>,
+    /// Most meta entries per instance [default: 64]
+    #[arg(long, env = "SRVDNS_MAX_META", value_name = "N")]
+    pub max_meta: Option<usize>,
+    /// Longest meta key [default: 128]
+    #[arg(long, env = "SRVDNS_MAX_META_KEY_BYTES", value_name = "BYTES")]
+    pub max_meta_key_bytes: Option<usize>,
+    /// Longest meta value [default: 512]
+    #[arg(long, env = "SRVDNS_MAX_META_VALUE_BYTES", value_name = "BYTES")]
+    pub max_meta_value_bytes: Option<usize>,
+    /// Most instances of one service [default: 10000]
+    #[arg(long, env = "SRVDNS_MAX_INSTANCES_PER_SERVICE", value_name = "N")]
+    pub max_instances_per_service: Option<usize>,
+    /// Most instances in all [default: 100000]
+    #[arg(long, env = "SRVDNS_MAX_INSTANCES", value_name = "N")]
+    pub max_instances: Option<usize>,
+    /// Longest an HTTP request may take, headers and body included (blocking reads: plus
+    /// their wait) [default: 30s]
+    #[arg(long, env = "SRVDNS_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<humantime::Duration>,
+    /// HTTP requests handled at once; more get 503 [default: 1024]
+    #[arg(long, env = "SRVDNS_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Open HTTP connections at most [default: 4096]
+    #[arg(long, env = "SRVDNS_MAX_HTTP_CONNECTIONS", value_name = "N")]
+    pub max_http_connections: Option<usize>,
+    /// DNS over TCP: close a connection idle this long [default: 10s]
+    #[arg(long, env = "SRVDNS_TCP_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub tcp_idle_timeout: Option<humantime::Duration>,
+    /// DNS over TCP: open connections at most [default: 512]
+    #[arg(long, env = "SRVDNS_MAX_TCP_CONNECTIONS", value_name = "N")]
+    pub max_tcp_connections: Option<usize>,
+    /// DNS over TCP: queries per connection at most [default: 1000]
+    #[arg(long, env = "SRVDNS_MAX_TCP_QUERIES", value_name = "N")]
+    pub max_tcp_queries: Option<usize>,
+    /// UDP response-rate limit: responses a second per source prefix, 0 = off [default: 1000]
+    #[arg(long, env = "SRVDNS_RRL_RATE", value_name = "N")]
+    pub rrl_rate: Option<u32>,
+    /// UDP response-rate limit: burst per prefix [default: 2 × --rrl-rate]
+    #[arg(long, env = "SRVDNS_RRL_BURST", value_name = "N")]
+    pub rrl_burst: Option<u32>,
+    /// Every Nth limited response is sent truncated (TC), the rest dropped; 0 drops all
+    /// [default: 1]
+    #[arg(long, env = "SRVDNS_RRL_SLIP", value_name = "N")]
+    pub rrl_slip: Option<u32>,
+    /// IPv4 prefix length sources are counted by [default: 24]
+    #[arg(long, env = "SRVDNS_RRL_IPV4_PREFIX", value_name = "BITS")]
+    pub rrl_ipv4_prefix: Option<u8>,
+    /// IPv6 prefix length sources are counted by [default: 56]
+    #[arg(long, env = "SRVDNS_RRL_IPV6_PREFIX", value_name = "BITS")]
+    pub rrl_ipv6_prefix: Option<u8>,
+    /// Rate-limit loopback sources too [default: false]
+    #[arg(long, env = "SRVDNS_RRL_LOOPBACK", num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub rrl_loopback: Option<bool>,
     /// Cap on A/AAAA/SRV records per answer (a weighted random subset) [default: no cap]
     #[arg(long, env = "SRVDNS_MAX_ANSWERS", value_name = "N")]
     pub max_answers: Option<usize>,
@@ -129,6 +219,34 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub only_passing: Option<bool>,
     pub token: Option<String>,
+    pub token_reads: Option<bool>,
+    pub token_file: Option<PathBuf>,
+    pub insecure_http: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_body_bytes: Option<usize>,
+    pub max_checks: Option<usize>,
+    pub max_tags: Option<usize>,
+    pub max_tag_bytes: Option<usize>,
+    pub max_meta: Option<usize>,
+    pub max_meta_key_bytes: Option<usize>,
+    pub max_meta_value_bytes: Option<usize>,
+    pub max_instances_per_service: Option<usize>,
+    pub max_instances: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub request_timeout: Option<Duration>,
+    pub max_concurrent_requests: Option<usize>,
+    pub max_http_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub tcp_idle_timeout: Option<Duration>,
+    pub max_tcp_connections: Option<usize>,
+    pub max_tcp_queries: Option<usize>,
+    pub rrl_rate: Option<u32>,
+    pub rrl_burst: Option<u32>,
+    pub rrl_slip: Option<u32>,
+    pub rrl_ipv4_prefix: Option<u8>,
+    pub rrl_ipv6_prefix: Option<u8>,
+    pub rrl_loopback: Option<bool>,
     pub max_answers: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub dns_workers: Option<usize>,
@@ -222,15 +340,39 @@ pub struct Config {
     /// `None`: memory only.
     pub data_dir: Option<PathBuf>,
     pub only_passing: bool,
+    /// The token that may do anything on the HTTP API (`--token`).
     pub token: Option<String>,
+    /// Reads need a token too (`--token-reads`).
+    pub token_reads: bool,
+    /// Per-service write tokens (`--token-file`), loaded and checked.
+    pub token_file: Option<TokenFile>,
+    /// Allow a non-loopback HTTP address without any token (`--insecure-http`).
+    pub insecure_http: bool,
+    /// Serve the HTTP API over TLS with these PEM files.
+    pub tls: Option<TlsFiles>,
+    /// What one registration may carry (checks, tags, meta, ports).
+    pub limits: Limits,
+    /// How many instances the registry holds.
+    pub instance_limits: InstanceLimits,
+    /// HTTP body size, timeouts, concurrency, connections.
+    pub http_limits: HttpLimits,
+    /// DNS over TCP: idle timeout, connections, queries per connection.
+    pub tcp_limits: TcpLimits,
+    /// DNS over UDP: response-rate limiting.
+    pub rrl: RrlConfig,
     pub max_answers: Option<usize>,
-    /// Most checks one instance may have.
-    pub max_checks: usize,
     pub log_format: LogFormat,
     /// UDP worker threads.
     pub dns_workers: usize,
     pub store: StoreKind,
     pub etcd: EtcdConfig,
+}
+
+/// The certificate chain and key of the HTTP API's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Config {
@@ -245,8 +387,16 @@ impl Default for Config {
             data_dir: Some(PathBuf::from("srvdns-data")),
             only_passing: false,
             token: None,
+            token_reads: false,
+            token_file: None,
+            insecure_http: false,
+            tls: None,
+            limits: Limits::default(),
+            instance_limits: InstanceLimits::default(),
+            http_limits: HttpLimits::default(),
+            tcp_limits: TcpLimits::default(),
+            rrl: RrlConfig::default(),
             max_answers: None,
-            max_checks: 16,
             log_format: LogFormat::Plain,
             dns_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             store: StoreKind::Embedded,
@@ -262,6 +412,8 @@ pub enum ConfigError {
     File { path: PathBuf, message: String },
     #[error("--{flag}: {message}")]
     Invalid { flag: &'static str, message: String },
+    #[error("--token-file {}: {message}", path.display())]
+    TokenFile { path: PathBuf, message: String },
 }
 
 impl Config {
@@ -331,6 +483,124 @@ impl Config {
                 .or(file.etcd_lease_ttl)
                 .unwrap_or(defaults.etcd.lease_ttl),
         };
+        let token_file = match args.token_file.or(file.token_file) {
+            Some(path) => {
+                Some(
+                    TokenFile::load(&path).map_err(|message| ConfigError::TokenFile {
+                        path: path.clone(),
+                        message,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    flag: "tls-cert",
+                    message: "needs --tls-key too".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: "tls-key",
+                    message: "needs --tls-cert too".into(),
+                });
+            }
+        };
+        let dl = defaults.limits;
+        let limits = Limits {
+            max_checks: args.max_checks.or(file.max_checks).unwrap_or(dl.max_checks),
+            max_tags: args.max_tags.or(file.max_tags).unwrap_or(dl.max_tags),
+            max_tag_bytes: args
+                .max_tag_bytes
+                .or(file.max_tag_bytes)
+                .unwrap_or(dl.max_tag_bytes),
+            max_meta: args.max_meta.or(file.max_meta).unwrap_or(dl.max_meta),
+            max_meta_key_bytes: args
+                .max_meta_key_bytes
+                .or(file.max_meta_key_bytes)
+                .unwrap_or(dl.max_meta_key_bytes),
+            max_meta_value_bytes: args
+                .max_meta_value_bytes
+                .or(file.max_meta_value_bytes)
+                .unwrap_or(dl.max_meta_value_bytes),
+            max_ports: dl.max_ports,
+        };
+        let di = defaults.instance_limits;
+        let instance_limits = InstanceLimits {
+            per_service: args
+                .max_instances_per_service
+                .or(file.max_instances_per_service)
+                .unwrap_or(di.per_service),
+            total: args
+                .max_instances
+                .or(file.max_instances)
+                .unwrap_or(di.total),
+        };
+        let dh = defaults.http_limits;
+        let http_limits = HttpLimits {
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(dh.max_body_bytes),
+            request_timeout: args
+                .request_timeout
+                .map(Into::into)
+                .or(file.request_timeout)
+                .unwrap_or(dh.request_timeout),
+            max_concurrent_requests: args
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests)
+                .unwrap_or(dh.max_concurrent_requests),
+            max_connections: args
+                .max_http_connections
+                .or(file.max_http_connections)
+                .unwrap_or(dh.max_connections),
+        };
+        let dt = defaults.tcp_limits;
+        let tcp_limits = TcpLimits {
+            idle_timeout: args
+                .tcp_idle_timeout
+                .map(Into::into)
+                .or(file.tcp_idle_timeout)
+                .unwrap_or(dt.idle_timeout),
+            max_connections: args
+                .max_tcp_connections
+                .or(file.max_tcp_connections)
+                .unwrap_or(dt.max_connections),
+            max_queries_per_connection: args
+                .max_tcp_queries
+                .or(file.max_tcp_queries)
+                .unwrap_or(dt.max_queries_per_connection),
+        };
+        let dr = defaults.rrl;
+        let rrl_rate = args.rrl_rate.or(file.rrl_rate).unwrap_or(dr.rate);
+        let rrl = RrlConfig {
+            rate: rrl_rate,
+            burst: args
+                .rrl_burst
+                .or(file.rrl_burst)
+                .unwrap_or(rrl_rate.saturating_mul(2)),
+            slip: args.rrl_slip.or(file.rrl_slip).unwrap_or(dr.slip),
+            ipv4_prefix: args
+                .rrl_ipv4_prefix
+                .or(file.rrl_ipv4_prefix)
+                .unwrap_or(dr.ipv4_prefix),
+            ipv6_prefix: args
+                .rrl_ipv6_prefix
+                .or(file.rrl_ipv6_prefix)
+                .unwrap_or(dr.ipv6_prefix),
+            limit_loopback: args
+                .rrl_loopback
+                .or(file.rrl_loopback)
+                .unwrap_or(dr.limit_loopback),
+        };
         let config = Self {
             dns_listen: args
                 .dns_listen
@@ -366,8 +636,16 @@ impl Config {
             },
             only_passing: args.only_passing.or(file.only_passing).unwrap_or(false),
             token: args.token.or(file.token).filter(|t| !t.is_empty()),
+            token_reads: args.token_reads.or(file.token_reads).unwrap_or(false),
+            token_file,
+            insecure_http: args.insecure_http.or(file.insecure_http).unwrap_or(false),
+            tls,
+            limits,
+            instance_limits,
+            http_limits,
+            tcp_limits,
+            rrl,
             max_answers: args.max_answers.or(file.max_answers),
-            max_checks: defaults.max_checks,
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -434,6 +712,65 @@ impl Config {
                     "must be at least 2s (etcd's shortest lease)",
                 ));
             }
+        }
+        let has_token = self.token.is_some() || self.token_file.is_some();
+        if !self.http_listen.ip().is_loopback() && !has_token && !self.insecure_http {
+            return Err(invalid(
+                "http-listen",
+                &format!(
+                    "{} is not a loopback address, and no --token or --token-file is set: \
+                     anyone who can reach it could register, change and deregister services. \
+                     Set a token (and --tls-cert/--tls-key), or pass --insecure-http if every \
+                     client that can reach this address is trusted",
+                    self.http_listen
+                ),
+            ));
+        }
+        if self.token_reads && !has_token {
+            return Err(invalid(
+                "token-reads",
+                "needs --token or --token-file: no token could ever be accepted",
+            ));
+        }
+        let at_least_one = [
+            ("max-body-bytes", self.http_limits.max_body_bytes),
+            (
+                "max-concurrent-requests",
+                self.http_limits.max_concurrent_requests,
+            ),
+            ("max-http-connections", self.http_limits.max_connections),
+            (
+                "max-instances-per-service",
+                self.instance_limits.per_service,
+            ),
+            ("max-instances", self.instance_limits.total),
+            ("max-tcp-connections", self.tcp_limits.max_connections),
+            (
+                "max-tcp-queries",
+                self.tcp_limits.max_queries_per_connection,
+            ),
+            ("max-tag-bytes", self.limits.max_tag_bytes),
+            ("max-meta-key-bytes", self.limits.max_meta_key_bytes),
+        ];
+        for (flag, value) in at_least_one {
+            if value == 0 {
+                return Err(invalid(flag, "must be at least 1"));
+            }
+        }
+        if self.http_limits.request_timeout.is_zero() {
+            return Err(invalid("request-timeout", "must be more than 0"));
+        }
+        if self.tcp_limits.idle_timeout.is_zero() {
+            return Err(invalid("tcp-idle-timeout", "must be more than 0"));
+        }
+        if self.rrl.rate > 0 && self.rrl.burst == 0 {
+            return Err(invalid("rrl-burst", "must be at least 1"));
+        }
+        if !(1..=32).contains(&self.rrl.ipv4_prefix) {
+            return Err(invalid("rrl-ipv4-prefix", "must be 1-32"));
+        }
+        if !(1..=128).contains(&self.rrl.ipv6_prefix) {
+            return Err(invalid("rrl-ipv6-prefix", "must be 1-128"));
         }
         if let ZonesSource::Dir(dir) = &self.zones
             && !dir.is_dir()

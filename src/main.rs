@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: DNS authority for the service domain plus the HTTP registry API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Register one local app and keep its registration honest: probe it, heartbeat, drain
     /// and deregister on SIGTERM; optionally run the app as a child (`-- COMMAND ARGS…`).
     Sidecar(SidecarArgs),
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut out = std::io::stdout();
     match cli.command {
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("srvdns: {e:#}");

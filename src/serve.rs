@@ -20,13 +20,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreKind, ZonesSource};
 use crate::dns::answer::Authority;
+use crate::dns::rrl::RateLimiter;
 use crate::dns::server::{self as dns_server, DnsService};
 use crate::dns::udp;
 use crate::dns::zones::{StaticZones, ZoneError};
 use crate::health;
 use crate::health::engine::CheckStats;
 use crate::health::probe::Prober;
-use crate::http::{self, AppState, registration::Limits};
+use crate::http::admission::Admission;
+use crate::http::auth::Tokens;
+use crate::http::server::TlsError;
+use crate::http::{self, AppState};
 use crate::registry::{DnsPolicy, Registry, RegistrySettings};
 use crate::signals::ShutdownSignals;
 use crate::store::StoreError;
@@ -47,6 +51,8 @@ pub enum StartError {
     Prober(#[from] reqwest::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[cfg(feature = "etcd")]
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -191,6 +197,12 @@ impl Server {
                 only_passing: config.only_passing,
             },
             static_names: zones.service_labels_taken(&config.domain),
+            limits: config.instance_limits,
+        };
+        // TLS files are read before anything is bound or restored: a bad one stops the start.
+        let tls = match &config.tls {
+            Some(files) => Some(http::server::tls_acceptor(&files.cert, &files.key)?),
+            None => None,
         };
         let (registry, cluster) = open_registry(&config, settings).await?;
 
@@ -233,6 +245,7 @@ impl Server {
         let dns = DnsService {
             authority,
             registry: Arc::clone(&registry),
+            rrl: RateLimiter::new(config.rrl).map(Arc::new),
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -240,7 +253,12 @@ impl Server {
         let udp_stop = Arc::new(AtomicBool::new(false));
         let udp_workers =
             udp::spawn(udp, dns.clone(), Arc::clone(&udp_stop)).map_err(bind_error)?;
-        tasks.spawn(dns_server::serve_tcp(tcp, dns, shutdown.clone()));
+        tasks.spawn(dns_server::serve_tcp(
+            tcp,
+            dns,
+            config.tcp_limits,
+            shutdown.clone(),
+        ));
         let check_stats = Arc::new(CheckStats::default());
         let prober = Prober::new()?;
         match cluster {
@@ -283,31 +301,38 @@ impl Server {
 
         let app = http::router(AppState {
             registry: Arc::clone(&registry),
-            limits: Limits {
-                max_checks: config.max_checks,
-                ..Limits::default()
-            },
-            token: config.token.as_deref().map(Arc::from),
+            limits: config.limits,
+            tokens: Arc::new(Tokens {
+                admin: config.token.clone(),
+                file: config.token_file.clone().unwrap_or_default(),
+                reads: config.token_reads,
+            }),
+            admission: Arc::new(Admission::new(config.http_limits)),
             check_stats: Arc::clone(&check_stats),
             consul: Arc::new(http::consul::view::Agent::new(http_addr)),
             shutdown: shutdown.clone(),
         });
-        let http_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(http_listener, service)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let tls_enabled = tls.is_some();
+        tasks.spawn(http::server::serve(
+            http_listener,
+            app,
+            tls,
+            config.http_limits,
+            shutdown.clone(),
+        ));
         tasks.close();
 
         tracing::info!(
-            dns = %dns_addr, http = %http_addr, domain = %config.domain,
+            dns = %dns_addr, http = %http_addr, domain = %config.domain, tls = tls_enabled,
             "srvdns serving"
         );
+        if !http_addr.ip().is_loopback() && !tls_enabled {
+            tracing::warn!(
+                http = %http_addr,
+                "the HTTP API is reachable from the network without TLS: tokens travel in \
+                 clear text (set --tls-cert and --tls-key)"
+            );
+        }
         Ok(Self {
             dns_addr,
             http_addr,

@@ -29,6 +29,7 @@ async fn random_registry(rng: &mut SmallRng, only_passing: bool) -> (Arc<Registr
             only_passing,
         },
         static_names: BTreeMap::new(),
+        limits: Default::default(),
     }));
     let mut services = Vec::new();
     for s in 0..12 {

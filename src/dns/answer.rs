@@ -167,7 +167,11 @@ pub fn respond<R: Rng>(
     metadata.checking_disabled = request.metadata.checking_disabled;
     let mut response = Message::new(id, MessageType::Response, request.metadata.op_code);
     response.metadata = metadata;
-    response.queries = request.queries.clone();
+    // The question is echoed when there is one; a FORMERR for many questions echoes none (a
+    // hundred echoed questions would not fit a UDP answer, and there is nothing to answer).
+    if request.queries.len() == 1 {
+        response.queries = request.queries.clone();
+    }
     response.edns = request.edns.as_ref().map(|_| {
         let mut edns = Edns::new();
         edns.set_max_payload(MAX_UDP_PAYLOAD).set_version(0);

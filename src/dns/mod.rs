@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod fast;
+pub mod rrl;
 pub mod server;
 pub mod udp;
 pub mod zones;

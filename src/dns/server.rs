@@ -10,6 +10,10 @@
 //!
 //! The query path never awaits the registry or the store: it loads the current snapshot
 //! (lock-free) and answers.
+//!
+//! Hostile clients: UDP answers pass the response-rate limiter ([`super::rrl`]) when one is
+//! configured; TCP connections are capped in number, in idle time and in queries each
+//! ([`TcpLimits`]), so that slow or endless connections cannot starve the others.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::answer::{Authority, Transport, respond};
 use super::fast::{self, Scratch};
+use super::rrl::{RateLimiter, SlipBuffer};
 use crate::registry::{Registry, Snapshot};
 
 /// How long a TCP connection may sit idle between queries (RFC 7766 §6.2.3 suggests seconds).
@@ -32,11 +37,35 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open TCP connections at most; further ones wait in the accept queue.
 pub const MAX_TCP_CONNECTIONS: usize = 512;
 
+/// Limits on DNS over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// How long a connection may sit idle between queries, or take to send one; then it is
+    /// closed (RFC 7766 §6.2.3).
+    pub idle_timeout: Duration,
+    /// Open connections at most; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Queries one connection may carry; then it is closed after the last answer.
+    pub max_queries_per_connection: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: TCP_IDLE_TIMEOUT,
+            max_connections: MAX_TCP_CONNECTIONS,
+            max_queries_per_connection: 1000,
+        }
+    }
+}
+
 /// The DNS side: what it answers with.
 #[derive(Clone)]
 pub struct DnsService {
     pub authority: Arc<Authority>,
     pub registry: Arc<Registry>,
+    /// Response-rate limiting for UDP answers; `None`: off.
+    pub rrl: Option<Arc<RateLimiter>>,
 }
 
 /// Where one answer is written: reused from query to query.
@@ -45,6 +74,8 @@ pub struct Slot {
     scratch: Scratch,
     reference: Vec<u8>,
     fast: bool,
+    /// The truncated form of a rate-limited answer.
+    slip: SlipBuffer,
 }
 
 impl Slot {
@@ -89,6 +120,22 @@ impl DnsService {
             None => false,
         }
     }
+
+    /// The answer in `slot` as it may go to `peer` over UDP, through the response-rate
+    /// limiter: the answer, its truncated form, or nothing.
+    pub fn rate_limited<'s>(&self, peer: std::net::IpAddr, slot: &'s mut Slot) -> Option<&'s [u8]> {
+        let Slot {
+            scratch,
+            reference,
+            fast,
+            slip,
+        } = slot;
+        let answer: &[u8] = if *fast { scratch.answer() } else { reference };
+        match &self.rrl {
+            Some(rrl) => rrl.apply(peer, answer, slip),
+            None => Some(answer),
+        }
+    }
 }
 
 /// Binds `workers` UDP sockets and one TCP listener on the same address. With port 0, picks
@@ -117,9 +164,14 @@ pub fn bind(
 }
 
 /// Accepts TCP connections until `shutdown`; each connection may carry many queries.
-pub async fn serve_tcp(listener: TcpListener, service: DnsService, shutdown: CancellationToken) {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    service: DnsService,
+    limits: TcpLimits,
+    shutdown: CancellationToken,
+) {
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break;
@@ -140,7 +192,7 @@ pub async fn serve_tcp(listener: TcpListener, service: DnsService, shutdown: Can
         connections.spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = serve_connection(stream, &service) => {
+                result = serve_connection(stream, &service, limits) => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, %peer, "tcp connection ended");
                     }
@@ -153,13 +205,17 @@ pub async fn serve_tcp(listener: TcpListener, service: DnsService, shutdown: Can
     connections.wait().await;
 }
 
-async fn serve_connection(mut stream: TcpStream, service: &DnsService) -> std::io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    service: &DnsService,
+    limits: TcpLimits,
+) -> std::io::Result<()> {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut buffer = vec![0u8; 65535];
     let mut slot = Slot::default();
-    loop {
+    for _ in 0..limits.max_queries_per_connection {
         let mut prefix = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
+        match tokio::time::timeout(limits.idle_timeout, stream.read_exact(&mut prefix)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(e),
@@ -167,7 +223,7 @@ async fn serve_connection(mut stream: TcpStream, service: &DnsService) -> std::i
         }
         let len = usize::from(u16::from_be_bytes(prefix));
         let message = &mut buffer[..len];
-        match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(message)).await {
+        match tokio::time::timeout(limits.idle_timeout, stream.read_exact(message)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()), // a length prefix that lies, or a slow sender
@@ -183,6 +239,14 @@ async fn serve_connection(mut stream: TcpStream, service: &DnsService) -> std::i
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(response);
-        stream.write_all(&framed).await?;
+        // A client that does not read its answers holds the connection no longer than an
+        // idle one.
+        match tokio::time::timeout(limits.idle_timeout, stream.write_all(&framed)).await {
+            Ok(result) => result?,
+            Err(_) => return Ok(()),
+        }
     }
+    // The last query's answer is written: close (RFC 7766 §6.2.3 lets a server end a
+    // connection at any time; clients reconnect).
+    stream.shutdown().await
 }

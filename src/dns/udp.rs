@@ -106,31 +106,37 @@ fn worker(socket: &UdpSocket, service: &DnsService, stop: &AtomicBool) {
             }
         }
         // Answer the batch from one snapshot.
-        let mut answers: Vec<usize> = Vec::with_capacity(received.len());
+        let mut answered = [false; BATCH];
         {
             let snapshot = service.registry.snapshot_ref();
             for (i, (len, _)) in received.iter().enumerate() {
                 let query = &buffers[i][..(*len).min(MAX_QUERY)];
-                if service.answer_into(
+                answered[i] = service.answer_into(
                     &snapshot,
                     query,
                     super::answer::Transport::Udp,
                     &mut rng,
                     &mut slots[i],
-                ) {
-                    answers.push(i);
-                }
+                );
             }
         }
-        if answers.is_empty() {
+        // Through the response-rate limiter, per source: the answer, its truncated form, or
+        // nothing.
+        let mut addresses: Vec<Option<SockaddrStorage>> = Vec::with_capacity(received.len());
+        let mut slices: Vec<[IoSlice<'_>; 1]> = Vec::with_capacity(received.len());
+        for ((slot, (_, address)), answered) in slots.iter_mut().zip(received.iter()).zip(answered)
+        {
+            let Some(peer) = address.as_ref().and_then(peer_ip).filter(|_| answered) else {
+                continue;
+            };
+            if let Some(bytes) = service.rate_limited(peer, slot) {
+                slices.push([IoSlice::new(bytes)]);
+                addresses.push(*address);
+            }
+        }
+        if slices.is_empty() {
             continue;
         }
-        let slices: Vec<[IoSlice<'_>; 1]> = answers
-            .iter()
-            .map(|&i| [IoSlice::new(slots[i].bytes())])
-            .collect();
-        let addresses: Vec<Option<SockaddrStorage>> =
-            answers.iter().map(|&i| received[i].1).collect();
         let mut sent = 0;
         // sendmmsg may send fewer than asked (a full socket buffer): send the rest.
         while sent < slices.len() {
@@ -158,4 +164,13 @@ fn worker(socket: &UdpSocket, service: &DnsService, stop: &AtomicBool) {
             }
         }
     }
+}
+
+fn peer_ip(address: &SockaddrStorage) -> Option<std::net::IpAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(std::net::IpAddr::V4(v4.ip()));
+    }
+    address
+        .as_sockaddr_in6()
+        .map(|v6| std::net::IpAddr::V6(v6.ip()))
 }

@@ -55,6 +55,27 @@ impl ApiError {
              (or, from Consul clients, \"X-Consul-Token: <token>\" or ?token=<token>)",
         )
     }
+
+    /// A read without a token on a server started with `--token-reads`.
+    pub fn unauthorized_read() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "this server requires a token for reads too (--token-reads): send \
+             \"Authorization: Bearer <token>\" (or \"X-Consul-Token: <token>\" or ?token=<token>)",
+        )
+    }
+
+    /// A valid token that may not write this service.
+    pub fn forbidden(service: &str) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "this token may not write service {service:?}: the token file gives it other \
+                 services"
+            ),
+            field: Some(String::from("service")),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -92,6 +113,9 @@ impl From<RegistryError> for ApiError {
                 message: e.to_string(),
                 field: Some("service".into()),
             },
+            // The registry is full for this service, or in all: a conflict with its state
+            // that deregistering resolves (the message names the option that sets it).
+            RegistryError::LimitReached { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
         }
     }
 }
@@ -100,10 +124,7 @@ impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         let status = rejection.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "request body is larger than the limit of {} bytes",
-                super::MAX_BODY_BYTES
-            )
+            String::from("request body is larger than the limit set by --max-body-bytes")
         } else {
             format!("cannot read the request body: {}", rejection.body_text())
         };

@@ -2,25 +2,29 @@
 //! ([`consul`]), both over the one [`Registry`].
 //!
 //! Cross-cutting rules live here, once: every response carries `X-Srvdns-Index` and the
-//! `X-Consul-*` headers; writes need the token when one is configured (as a bearer token,
-//! `X-Consul-Token` or `?token=`); unknown routes and methods answer JSON errors; bodies are
-//! capped at [`MAX_BODY_BYTES`].
+//! `X-Consul-*` headers; requests pass admission control ([`admission`]: body size,
+//! concurrency, time) and authentication ([`auth`]: writes need a token when one is
+//! configured, reads too with `--token-reads`, and token-file tokens write only their
+//! services); unknown routes and methods answer JSON errors. [`server`] runs the router on
+//! its socket (TCP or TLS).
 
+pub mod admission;
+pub mod auth;
 pub mod consul;
 pub mod error;
 pub mod registration;
 pub mod routes;
+pub mod server;
 pub mod view;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, put};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::engine::CheckStats;
@@ -28,7 +32,7 @@ use crate::registry::Registry;
 use error::ApiError;
 use registration::Limits;
 
-/// The largest request body accepted.
+/// The largest request body accepted by default (`--max-body-bytes`).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The registry index header on every response.
@@ -39,8 +43,10 @@ pub static INDEX_HEADER: HeaderName = HeaderName::from_static("x-srvdns-index");
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub limits: Limits,
-    /// Token required for writes, if any.
-    pub token: Option<Arc<str>>,
+    /// The tokens accepted, and whether reads need one.
+    pub tokens: Arc<auth::Tokens>,
+    /// Body size, concurrency and time limits.
+    pub admission: Arc<admission::Admission>,
     /// Counters of the active health checks, for `/v1/health`.
     pub check_stats: Arc<CheckStats>,
     /// The Consul node srvdns presents on the Consul-compatible API.
@@ -51,6 +57,7 @@ pub struct AppState {
 
 /// The API's router.
 pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.admission.limits.max_body_bytes;
     let instance = "/v1/services/{service}/instances/{id}";
     Router::new()
         .route("/v1/health", get(routes::health))
@@ -66,8 +73,15 @@ pub fn router(state: AppState) -> Router {
         .merge(consul::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), add_index))
         .with_state(state)
 }
@@ -94,43 +108,4 @@ async fn add_index(State(state): State<AppState>, request: Request, next: Next) 
     headers.insert(INDEX_HEADER.clone(), HeaderValue::from(index));
     consul::add_headers(headers, index);
     response
-}
-
-/// Refuses writes without the configured token: `Authorization: Bearer <token>`, or as Consul
-/// clients send it, `X-Consul-Token: <token>` or `?token=<token>`. Reads stay open.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = &state.token else {
-        return next.run(request).await;
-    };
-    let is_write = !matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    );
-    if is_write {
-        let headers = request.headers();
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        let consul = headers
-            .get(&consul::TOKEN_HEADER)
-            .and_then(|value| value.to_str().ok());
-        let query = axum::extract::Query::<TokenQuery>::try_from_uri(request.uri())
-            .ok()
-            .and_then(|query| query.0.token);
-        let matches = |given: &str| bool::from(given.as_bytes().ct_eq(expected.as_bytes()));
-        let accepted = bearer.is_some_and(matches)
-            || consul.is_some_and(matches)
-            || query.as_deref().is_some_and(matches);
-        if !accepted {
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(request).await
-}
-
-/// The `?token=` of a request, as Consul clients may send it.
-#[derive(serde::Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
 }

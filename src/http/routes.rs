@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::auth::Access;
 use super::error::ApiError;
 use super::registration::{DurationValue, RegistrationBody};
 use super::view::{InstanceView, ServiceSummary, ServiceView, StatusView};
@@ -82,12 +83,14 @@ fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
 /// `PUT /v1/services/{service}/instances/{id}`
 pub async fn register(
     State(state): State<AppState>,
+    access: Access,
     Path((service, id)): Path<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
     let service = service_name(&service)?;
+    access.may_write(service.as_str())?;
+    let body = body?;
     let id = instance_id(&id)?;
     let parsed: RegistrationBody = parse_json(&body)?;
     let registration = parsed.validate(service, id, peer.ip().to_canonical(), &state.limits)?;
@@ -98,8 +101,10 @@ pub async fn register(
 /// `DELETE /v1/services/{service}/instances/{id}`
 pub async fn deregister(
     State(state): State<AppState>,
+    access: Access,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    access.may_write(&service)?;
     state.registry.deregister(&service, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -112,9 +117,11 @@ pub struct CheckQuery {
 /// `PUT /v1/services/{service}/instances/{id}/heartbeat[?check=NAME]`
 pub async fn heartbeat(
     State(state): State<AppState>,
+    access: Access,
     Path((service, id)): Path<(String, String)>,
     Query(query): Query<CheckQuery>,
 ) -> Result<Response, ApiError> {
+    access.may_write(&service)?;
     let instance = state
         .registry
         .heartbeat(&service, &id, query.check.as_deref())
@@ -135,10 +142,12 @@ const MAX_OUTPUT_BYTES: usize = 4096;
 /// `PUT /v1/services/{service}/instances/{id}/status[?check=NAME]`
 pub async fn set_status(
     State(state): State<AppState>,
+    access: Access,
     Path((service, id)): Path<(String, String)>,
     Query(query): Query<CheckQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    access.may_write(&service)?;
     let body: StatusBody = parse_json(&body?)?;
     let status = Status::parse(&body.status, "status")?;
     let output = body.output.unwrap_or_default();
@@ -165,9 +174,11 @@ struct MaintenanceBody {
 /// `PUT /v1/services/{service}/instances/{id}/maintenance`
 pub async fn set_maintenance(
     State(state): State<AppState>,
+    access: Access,
     Path((service, id)): Path<(String, String)>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    access.may_write(&service)?;
     let body: MaintenanceBody = parse_json(&body?)?;
     let reason = body.enabled.then(|| {
         body.reason

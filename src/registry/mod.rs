@@ -7,5 +7,5 @@ pub mod model;
 mod registry;
 pub mod snapshot;
 
-pub use registry::{Registry, RegistryError, RegistrySettings};
+pub use registry::{InstanceLimits, Registry, RegistryError, RegistrySettings};
 pub use snapshot::{DnsPolicy, ServiceEntry, Snapshot};

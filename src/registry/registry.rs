@@ -37,6 +37,31 @@ pub enum RegistryError {
     StaticClash { service: String, record: String },
     #[error("the change could not be made durable, so it was not applied: {0}")]
     Store(Arc<StoreError>),
+    #[error("{message}")]
+    LimitReached {
+        /// The option that sets the limit (`max-instances-per-service`).
+        limit: &'static str,
+        message: String,
+    },
+}
+
+/// Caps on how many instances the registry holds, so that no client can grow it without
+/// bound. Replacing an instance never counts against them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceLimits {
+    /// Instances one service may have.
+    pub per_service: usize,
+    /// Instances in all.
+    pub total: usize,
+}
+
+impl Default for InstanceLimits {
+    fn default() -> Self {
+        Self {
+            per_service: 10_000,
+            total: 100_000,
+        }
+    }
 }
 
 /// Fixed settings of a registry.
@@ -46,6 +71,8 @@ pub struct RegistrySettings {
     /// Service labels taken by static records under the served domain, with the record name
     /// that takes each (for the 409 message).
     pub static_names: BTreeMap<String, String>,
+    /// Caps on the number of instances.
+    pub limits: InstanceLimits,
 }
 
 #[derive(Debug, Default)]
@@ -264,6 +291,18 @@ impl Registry {
         let service = registration.service.clone();
         let id = registration.id.clone();
         let mut changed = Vec::new();
+        // A new instance must fit the limits: checked before anything changes, under the lock
+        // the change is made under. Moving an ID here removes it elsewhere in the same change.
+        let elsewhere = if replace_id_elsewhere {
+            state
+                .services
+                .iter()
+                .filter(|(other, instances)| **other != service && instances.contains_key(&id))
+                .count()
+        } else {
+            0
+        };
+        self.check_limits(&state, &service, &id, elsewhere)?;
         if replace_id_elsewhere {
             for (other, instances) in &mut state.services {
                 if *other != service && instances.remove(&id).is_some() {
@@ -300,6 +339,44 @@ impl Registry {
         changed.push((service, id));
         let ticket = self.commit(state, &changed, true);
         Ok((instance, ticket))
+    }
+
+    /// Refuses a registration that would add an instance beyond the limits; `removed_elsewhere`
+    /// instances leave in the same change.
+    fn check_limits(
+        &self,
+        state: &State,
+        service: &ServiceName,
+        id: &InstanceId,
+        removed_elsewhere: usize,
+    ) -> Result<(), RegistryError> {
+        let here = state.services.get(service);
+        if here.is_some_and(|instances| instances.contains_key(id)) {
+            return Ok(()); // a replacement
+        }
+        let limits = self.settings.limits;
+        if here.map_or(0, BTreeMap::len) >= limits.per_service {
+            return Err(RegistryError::LimitReached {
+                limit: "max-instances-per-service",
+                message: format!(
+                    "service {:?} already has {} instances, the most allowed \
+                     (--max-instances-per-service)",
+                    service.as_str(),
+                    limits.per_service
+                ),
+            });
+        }
+        let total: usize = state.services.values().map(BTreeMap::len).sum();
+        if total.saturating_sub(removed_elsewhere) >= limits.total {
+            return Err(RegistryError::LimitReached {
+                limit: "max-instances",
+                message: format!(
+                    "the registry already holds {} instances, the most allowed (--max-instances)",
+                    limits.total
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Removes an instance. Returns once durable.

@@ -26,6 +26,7 @@ use super::decode::{Fields, parse_go_bool, parse_go_duration};
 use super::registration;
 use super::view::{Agent, AgentService, CatalogService, HealthCheck, HealthEntry, Node, checks_of};
 use crate::http::AppState;
+use crate::http::auth::Access;
 use crate::http::error::ApiError;
 use crate::http::routes::{MAX_WAIT, Path, Query, parse_json};
 use crate::registry::instance::Instance;
@@ -277,11 +278,20 @@ fn truncated(mut output: String) -> String {
 /// `PUT /v1/agent/service/register`
 pub async fn register(
     State(state): State<AppState>,
+    access: Access,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: Value = parse_json(&body?)?;
     let registration = registration::parse(&body, peer.ip().to_canonical(), &state.limits)?;
+    // The service is named in the body. Registering an ID that another service holds
+    // deregisters it there (IDs are unique on this API): that is a write to it as well.
+    access.may_write(registration.service.as_str())?;
+    let snapshot = state.registry.snapshot();
+    for (entry, _) in instances(&snapshot).filter(|(_, i)| i.registration.id == registration.id) {
+        access.may_write(entry.name.as_str())?;
+    }
+    drop(snapshot);
     state.registry.register_replacing_id(registration).await?;
     Ok(written())
 }
@@ -289,10 +299,12 @@ pub async fn register(
 /// `PUT /v1/agent/service/deregister/{id}`
 pub async fn deregister(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.registry.snapshot();
     let (entry, instance) = instance_by_id(&snapshot, &id)?;
+    access.may_write(entry.name.as_str())?;
     state
         .registry
         .deregister(entry.name.as_str(), instance.registration.id.as_str())
@@ -303,6 +315,7 @@ pub async fn deregister(
 /// `PUT /v1/agent/service/maintenance/{id}?enable=true|false&reason=…`
 pub async fn maintenance(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     Query(pairs): Query<Pairs>,
 ) -> Result<Response, ApiError> {
@@ -332,6 +345,7 @@ pub async fn maintenance(
     });
     let snapshot = state.registry.snapshot();
     let (entry, instance) = instance_by_id(&snapshot, &id)?;
+    access.may_write(entry.name.as_str())?;
     state
         .registry
         .set_maintenance(
@@ -345,12 +359,14 @@ pub async fn maintenance(
 
 async fn update_check(
     state: &AppState,
+    access: &Access,
     check_id: &str,
     status: Status,
     output: String,
 ) -> Result<Response, ApiError> {
     let snapshot = state.registry.snapshot();
     let target = find_check(&snapshot, check_id)?;
+    access.may_write(&target.service)?;
     state
         .registry
         .set_status(
@@ -375,33 +391,37 @@ fn note(pairs: &Pairs) -> String {
 /// `PUT /v1/agent/check/pass/{check_id}?note=…`
 pub async fn check_pass(
     State(state): State<AppState>,
+    access: Access,
     Path(check_id): Path<String>,
     Query(pairs): Query<Pairs>,
 ) -> Result<Response, ApiError> {
-    update_check(&state, &check_id, Status::Passing, note(&pairs)).await
+    update_check(&state, &access, &check_id, Status::Passing, note(&pairs)).await
 }
 
 /// `PUT /v1/agent/check/warn/{check_id}?note=…`
 pub async fn check_warn(
     State(state): State<AppState>,
+    access: Access,
     Path(check_id): Path<String>,
     Query(pairs): Query<Pairs>,
 ) -> Result<Response, ApiError> {
-    update_check(&state, &check_id, Status::Warning, note(&pairs)).await
+    update_check(&state, &access, &check_id, Status::Warning, note(&pairs)).await
 }
 
 /// `PUT /v1/agent/check/fail/{check_id}?note=…`
 pub async fn check_fail(
     State(state): State<AppState>,
+    access: Access,
     Path(check_id): Path<String>,
     Query(pairs): Query<Pairs>,
 ) -> Result<Response, ApiError> {
-    update_check(&state, &check_id, Status::Critical, note(&pairs)).await
+    update_check(&state, &access, &check_id, Status::Critical, note(&pairs)).await
 }
 
 /// `PUT /v1/agent/check/update/{check_id}` with `{"Status": "passing", "Output": "…"}`
 pub async fn check_update(
     State(state): State<AppState>,
+    access: Access,
     Path(check_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -412,7 +432,7 @@ pub async fn check_update(
         .ok_or_else(|| ApiError::bad_request("Status", "Status is required"))?;
     let status = Status::parse(status, "Status")?;
     let output = fields.string("Output")?.unwrap_or_default().to_owned();
-    update_check(&state, &check_id, status, output).await
+    update_check(&state, &access, &check_id, status, output).await
 }
 
 // ---- agent reads ----
