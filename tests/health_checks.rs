@@ -432,3 +432,70 @@ async fn the_health_endpoint_reports_probe_counters() {
     assert!(health["checks"]["lateness_ms"]["p99"].is_u64(), "{health}");
     server.stop().await;
 }
+
+/// HTTPS probes (rustls): a real TLS server — a second srvdns serving its API over TLS with a
+/// certificate from a generated CA. Verification fails for an unknown CA unless
+/// `tls_skip_verify`.
+#[tokio::test]
+async fn https_checks_verify_certificates_unless_told_not_to() {
+    let dir = std::env::temp_dir().join(format!("srvdns-https-check-{}", std::process::id()));
+    let (files, _ca) = support::certificates(&dir);
+    let mut tls_config = support::test_config();
+    tls_config.tls = Some(files);
+    let tls_server = TestServer::start_with(tls_config).await;
+    let url = format!("https://127.0.0.1:{}/v1/health", tls_server.http.port());
+
+    let server = TestServer::start().await;
+    server
+        .register(
+            "secure",
+            "trusting",
+            json!({"address": "10.0.6.1", "port": 443,
+                   "check": {"type": "http", "url": url, "interval": "100ms",
+                             "tls_skip_verify": true}}),
+        )
+        .await;
+    server
+        .register(
+            "secure",
+            "verifying",
+            json!({"address": "10.0.6.2", "port": 443,
+                   "check": {"type": "http", "url": url, "interval": "100ms"}}),
+        )
+        .await;
+    let instances = eventually(Duration::from_secs(10), "both checks to run", || async {
+        let reply = server.get("/v1/services/secure").await;
+        let instances = reply.json["instances"].as_array()?.clone();
+        instances
+            .iter()
+            .all(|i| i["checks"][0]["output"] != "awaiting the first probe")
+            .then_some(instances)
+    })
+    .await;
+    let by_id = |id: &str| instances.iter().find(|i| i["id"] == id).unwrap().clone();
+    let trusting = by_id("trusting");
+    assert_eq!(trusting["status"], "passing", "{trusting}");
+    assert!(
+        trusting["output"].as_str().unwrap().contains("200 OK"),
+        "{trusting}"
+    );
+    let verifying = by_id("verifying");
+    assert_eq!(verifying["status"], "critical", "{verifying}");
+    assert!(
+        verifying["output"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{verifying}"
+    );
+    assert_eq!(
+        rrs(&server
+            .query("secure.service.local.", RecordType::A)
+            .await
+            .answers),
+        ["secure.service.local. 5 A 10.0.6.1"]
+    );
+    server.stop().await;
+    tls_server.stop().await;
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use srvdns::config::{Config, ServeArgs, TlsFiles};
 use srvdns::http::auth::TokenFile;
-use support::{Reply, TestServer, test_config};
+use support::{Reply, TestServer, certificates, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -296,30 +296,6 @@ fn a_bad_token_file_names_itself() {
     // The example in the repository is valid.
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/tokens.toml");
     assert!(TokenFile::load(&example).unwrap().len() >= 2);
-}
-
-/// A CA, and a server certificate it signed for localhost and 127.0.0.1, as PEM files.
-fn certificates(dir: &std::path::Path) -> (TlsFiles, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "srvdns test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let files = TlsFiles {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    (files, ca.pem())
 }
 
 #[tokio::test]
