@@ -15,12 +15,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ZonesSource};
 use crate::dns::answer::Authority;
+use crate::dns::metrics::DnsMetrics;
 use crate::dns::server::{self as dns_server, DnsService};
 use crate::dns::zones::{StaticZones, ZoneError};
 use crate::health;
 use crate::health::engine::CheckStats;
 use crate::health::probe::Prober;
 use crate::http::{self, AppState, registration::Limits};
+use crate::metrics::{self, Metrics};
 use crate::registry::{DnsPolicy, Registry, RegistrySettings};
 use crate::signals::ShutdownSignals;
 use crate::store::StoreError;
@@ -152,9 +154,11 @@ impl Server {
             ns_addresses,
             zones,
         ));
+        let dns_metrics = Arc::new(DnsMetrics::default());
         let dns = DnsService {
             authority,
             registry: Arc::clone(&registry),
+            metrics: Arc::clone(&dns_metrics),
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -174,6 +178,11 @@ impl Server {
             shutdown.clone(),
         ));
 
+        let metrics = Arc::new(Metrics::new(metrics::Sources {
+            dns: dns_metrics,
+            registry: Arc::clone(&registry),
+            checks: Arc::clone(&check_stats),
+        }));
         let app = http::router(AppState {
             registry: Arc::clone(&registry),
             limits: Limits {
@@ -184,6 +193,7 @@ impl Server {
             check_stats: Arc::clone(&check_stats),
             consul: Arc::new(http::consul::view::Agent::new(http_addr)),
             shutdown: shutdown.clone(),
+            metrics,
         });
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {

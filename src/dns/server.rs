@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::answer::{Authority, Transport, respond};
 use super::fast::{self, Scratch};
+use super::metrics::DnsMetrics;
 use crate::registry::Registry;
 
 /// How long a TCP connection may sit idle between queries (RFC 7766 §6.2.3 suggests seconds).
@@ -35,12 +36,27 @@ pub const MAX_TCP_CONNECTIONS: usize = 512;
 pub struct DnsService {
     pub authority: Arc<Authority>,
     pub registry: Arc<Registry>,
+    /// Counters for `/metrics`, kept by [`DnsMetrics::observe`] around every answer.
+    pub metrics: Arc<DnsMetrics>,
 }
 
 impl DnsService {
     /// Answers one packet: the fast path when it can, else the reference path. The answer is
-    /// left in `scratch` (fast) or returned (reference).
+    /// left in `scratch` (fast) or returned (reference). Every packet is counted.
     fn answer<'s>(
+        &self,
+        packet: &[u8],
+        transport: Transport,
+        rng: &mut SmallRng,
+        scratch: &'s mut Scratch,
+        reference: &'s mut Vec<u8>,
+    ) -> Option<&'s [u8]> {
+        self.metrics.observe(packet, transport, || {
+            self.answer_uncounted(packet, transport, rng, scratch, reference)
+        })
+    }
+
+    fn answer_uncounted<'s>(
         &self,
         packet: &[u8],
         transport: Transport,

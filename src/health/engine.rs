@@ -37,6 +37,8 @@ pub struct CheckStats {
     /// Lateness histogram: bucket `i` counts probes that started `i` ms late; the last
     /// bucket counts everything from [`LATENESS_BUCKETS`] − 1 ms on.
     lateness_ms: Vec<AtomicU64>,
+    /// Sum of all lateness, in microseconds.
+    lateness_sum_us: AtomicU64,
 }
 
 /// Buckets of the lateness histogram (1 ms each).
@@ -49,6 +51,7 @@ impl Default for CheckStats {
             runs: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             lateness_ms: (0..LATENESS_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            lateness_sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -57,6 +60,26 @@ impl CheckStats {
     fn record_lateness(&self, late: Duration) {
         let bucket = (late.as_millis() as usize).min(LATENESS_BUCKETS - 1);
         self.lateness_ms[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        self.lateness_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The lateness histogram with buckets ending at `bounds_ms` (ascending, whole
+    /// milliseconds, below [`LATENESS_BUCKETS`]), then everything above: per-bucket counts
+    /// (not cumulative), the total count, and the sum in seconds. A probe `n` ms and a bit
+    /// late counts in the bucket whose bound is above `n`.
+    pub fn lateness_histogram(&self, bounds_ms: &[usize]) -> (Vec<u64>, u64, f64) {
+        let mut buckets = vec![0; bounds_ms.len() + 1];
+        for (ms, count) in self.lateness_ms.iter().enumerate() {
+            let bucket = bounds_ms
+                .iter()
+                .position(|&bound| ms < bound)
+                .unwrap_or(bounds_ms.len());
+            buckets[bucket] += count.load(Ordering::Relaxed);
+        }
+        let count = buckets.iter().sum();
+        let sum = self.lateness_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, count, sum)
     }
 
     /// The lateness quantile `q` (0–1) in whole milliseconds, `None` before any run.

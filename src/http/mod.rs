@@ -4,7 +4,7 @@
 //! Cross-cutting rules live here, once: every response carries `X-Srvdns-Index` and the
 //! `X-Consul-*` headers; writes need the token when one is configured (as a bearer token,
 //! `X-Consul-Token` or `?token=`); unknown routes and methods answer JSON errors; bodies are
-//! capped at [`MAX_BODY_BYTES`].
+//! capped at [`MAX_BODY_BYTES`]; every request is counted for `/metrics` by its route template.
 
 pub mod consul;
 pub mod error;
@@ -15,7 +15,7 @@ pub mod view;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::engine::CheckStats;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use error::ApiError;
 use registration::Limits;
@@ -47,12 +48,15 @@ pub struct AppState {
     pub consul: Arc<consul::view::Agent>,
     /// Ends blocking reads when the server stops.
     pub shutdown: CancellationToken,
+    /// What `/metrics` renders; HTTP requests are counted into it.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The API's router.
 pub fn router(state: AppState) -> Router {
     let instance = "/v1/services/{service}/instances/{id}";
     Router::new()
+        .route("/metrics", get(routes::metrics))
         .route("/v1/health", get(routes::health))
         .route("/v1/services", get(routes::list_services))
         .route("/v1/services/{service}", get(routes::get_service))
@@ -69,7 +73,27 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn_with_state(state.clone(), add_index))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// Counts every request for `/metrics` by method, route template and final status (a 401 from
+/// the token check included). Requests no route takes count as route `unmatched`.
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.count_http(
+        &method,
+        route.as_deref().unwrap_or("unmatched"),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {

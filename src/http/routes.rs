@@ -259,6 +259,18 @@ pub async fn get_service(
     }
 }
 
+/// `GET /metrics`: Prometheus metrics.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
 /// `GET /v1/health`: liveness of srvdns itself.
 pub async fn health(State(state): State<AppState>) -> Response {
     let snapshot = state.registry.snapshot();
