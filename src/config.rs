@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Log format [default: plain]
     #[arg(long, env = "SRVDNS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Check the configuration, the zone files and the data directory's store, print what
+    /// would be served, and exit (0 when all is well) without opening any socket
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The TOML configuration file: the same options as the flags.

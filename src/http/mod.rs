@@ -5,6 +5,11 @@
 //! `X-Consul-*` headers; writes need the token when one is configured (as a bearer token,
 //! `X-Consul-Token` or `?token=`); unknown routes and methods answer JSON errors; bodies are
 //! capped at [`MAX_BODY_BYTES`]; every request is counted for `/metrics` by its route template.
+//!
+//! The native routes are registered from their OpenAPI annotations ([`api_routes`]), so the
+//! router and the document at `/v1/openapi.json` ([`openapi`]) come from one list and cannot
+//! drift apart. The Consul-compatible routes are listed in the document coarsely (paths and
+//! methods, see [`consul::openapi_paths`]).
 
 pub mod consul;
 pub mod error;
@@ -19,9 +24,11 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::health::engine::CheckStats;
 use crate::metrics::Metrics;
@@ -52,21 +59,48 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
+/// The document's fixed parts; the paths come from [`api_routes`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "srvdns",
+        description = "Service-discovery DNS server: the registry's HTTP API. Every response \
+                       carries the registry index in `X-Srvdns-Index`. Writes need \
+                       `Authorization: Bearer <token>` when the server has a token.",
+    ),
+    tags(
+        (name = "services", description = "The native registry API"),
+        (name = "operations", description = "Liveness, metrics, this document"),
+        (name = "consul", description = "The Consul-compatible subset (docs/consul-compat.md)"),
+    ),
+)]
+struct ApiDoc;
+
+/// The native routes, each registered from its `#[utoipa::path]` annotation.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::openapi))
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::list_services))
+        .routes(routes!(routes::get_service))
+        .routes(routes!(routes::register, routes::deregister))
+        .routes(routes!(routes::heartbeat))
+        .routes(routes!(routes::set_status))
+        .routes(routes!(routes::set_maintenance))
+}
+
+/// The OpenAPI 3.1 document of the HTTP API, as served at `/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut document = api_routes().into_openapi();
+    document.paths.merge(consul::openapi_paths());
+    document
+}
+
 /// The API's router.
 pub fn router(state: AppState) -> Router {
-    let instance = "/v1/services/{service}/instances/{id}";
-    Router::new()
-        .route("/metrics", get(routes::metrics))
-        .route("/v1/health", get(routes::health))
-        .route("/v1/services", get(routes::list_services))
-        .route("/v1/services/{service}", get(routes::get_service))
-        .route(instance, put(routes::register).delete(routes::deregister))
-        .route(&format!("{instance}/heartbeat"), put(routes::heartbeat))
-        .route(&format!("{instance}/status"), put(routes::set_status))
-        .route(
-            &format!("{instance}/maintenance"),
-            put(routes::set_maintenance),
-        )
+    let (native, _) = api_routes().split_for_parts();
+    native
         .merge(consul::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
