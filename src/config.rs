@@ -202,6 +202,10 @@ pub struct ServeArgs {
     /// handover when that server dies [default: 5s]
     #[arg(long, env = "SRVDNS_ETCD_LEASE_TTL", value_name = "DURATION")]
     pub etcd_lease_ttl: Option<humantime::Duration>,
+    /// Check the configuration, the zone files and the data directory's store, print what
+    /// would be served, and exit (0 when all is well) without opening any socket
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The TOML configuration file: the same options as the flags.

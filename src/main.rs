@@ -70,7 +70,13 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let check_only = args.check_config;
     let config = Config::resolve(args)?;
+    if check_only {
+        let report = srvdns::serve::check_config(&config)?;
+        print!("{report}");
+        return Ok(());
+    }
     init_logging(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(srvdns::serve::run(config))?;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreKind, ZonesSource};
 use crate::dns::answer::Authority;
+use crate::dns::metrics::DnsMetrics;
 use crate::dns::rrl::RateLimiter;
 use crate::dns::server::{self as dns_server, DnsService};
 use crate::dns::udp;
@@ -31,10 +32,11 @@ use crate::http::admission::Admission;
 use crate::http::auth::Tokens;
 use crate::http::server::TlsError;
 use crate::http::{self, AppState};
+use crate::metrics::{self, Metrics};
 use crate::registry::{DnsPolicy, Registry, RegistrySettings};
 use crate::signals::ShutdownSignals;
 use crate::store::StoreError;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::{self, EmbeddedStore, Inspection};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +189,125 @@ pub fn load_zones(config: &Config) -> Result<StaticZones, ZoneError> {
     Ok(zones)
 }
 
+/// What `srvdns serve --check-config` found: the configuration, the zones and the store as
+/// the server would use them. Displayed as a few lines for people.
+#[derive(Debug)]
+pub struct ConfigReport {
+    lines: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for line in &self.lines {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks what [`Server::start`] would load — the zone files against the domain, and the
+/// store in the data directory — without binding a socket or writing a file. A store that a
+/// running srvdns holds is reported, not read (so the check can run beside the server).
+pub fn check_config(config: &Config) -> Result<ConfigReport, StartError> {
+    let mut skipped = Vec::new();
+    let zones = match config.zones_dir() {
+        Some(dir) => StaticZones::load_dir(dir)?,
+        None => StaticZones::default(),
+    };
+    let mut zones = zones;
+    if config.zones == ZonesSource::DefaultDir {
+        skipped = zones.drop_incomplete(&config.domain);
+    }
+    zones.require_soa(&config.domain)?;
+
+    let human = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let mut lines = vec![
+        String::from("srvdns: configuration OK"),
+        format!("  dns        {} (UDP and TCP)", config.dns_listen),
+        format!("  http       {}", config.http_listen),
+        format!(
+            "  domain     {} (ttl {}, negative ttl {})",
+            config.domain,
+            human(config.ttl),
+            human(config.negative_ttl)
+        ),
+        format!(
+            "  answers    {}{}",
+            if config.only_passing {
+                "passing instances only"
+            } else {
+                "passing and warning instances"
+            },
+            config
+                .max_answers
+                .map_or(String::new(), |n| format!(", at most {n} records"))
+        ),
+        format!(
+            "  writes     {}",
+            if config.token.is_some() {
+                "need the bearer token"
+            } else {
+                "open (no --token)"
+            }
+        ),
+    ];
+    match config.zones_dir() {
+        Some(dir) => lines.push(format!("  zones      {}", dir.display())),
+        None => lines.push(String::from("  zones      none")),
+    }
+    let mut loaded: Vec<_> = zones.iter().collect();
+    loaded.sort_by(|a, b| a.path.cmp(&b.path));
+    for zone in loaded {
+        let records: usize = zone.records.values().map(Vec::len).sum();
+        lines.push(format!(
+            "    {}  {}: {records} record{}{}",
+            zone.path.display(),
+            zone.origin,
+            if records == 1 { "" } else { "s" },
+            if zone.soa.is_some() {
+                " and the SOA"
+            } else {
+                ""
+            }
+        ));
+    }
+    for path in skipped {
+        lines.push(format!(
+            "    {}  skipped: no SOA, and not the served domain",
+            path.display()
+        ));
+    }
+    let store = match &config.data_dir {
+        None => String::from("none: memory only, nothing survives a restart"),
+        Some(dir) => match embedded::inspect(dir)? {
+            Inspection::Absent { file } => format!("{}: new, created on start", file.display()),
+            Inspection::Readable { file, restored } => {
+                let services: std::collections::BTreeSet<&str> = restored
+                    .instances
+                    .iter()
+                    .map(|i| i.registration.service.as_str())
+                    .collect();
+                format!(
+                    "{}: {} instances of {} services, index {}",
+                    file.display(),
+                    restored.instances.len(),
+                    services.len(),
+                    restored.index
+                )
+            }
+            Inspection::InUse { file } => {
+                format!("{}: in use by a running srvdns (not read)", file.display())
+            }
+            Inspection::NeedsRecovery { file } => format!(
+                "{}: not closed cleanly; repaired when srvdns opens it",
+                file.display()
+            ),
+        },
+    };
+    lines.push(format!("  data       {store}"));
+    Ok(ConfigReport { lines })
+}
+
 impl Server {
     /// Binds every socket and starts every task.
     pub async fn start(config: Config) -> Result<Self, StartError> {
@@ -242,10 +363,12 @@ impl Server {
             ns_addresses,
             zones,
         ));
+        let dns_metrics = Arc::new(DnsMetrics::default());
         let dns = DnsService {
             authority,
             registry: Arc::clone(&registry),
             rrl: RateLimiter::new(config.rrl).map(Arc::new),
+            metrics: Arc::clone(&dns_metrics),
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -299,6 +422,11 @@ impl Server {
             Some(ClusterTasks) => return Err(StartError::EtcdNotBuilt),
         }
 
+        let metrics = Arc::new(Metrics::new(metrics::Sources {
+            dns: dns_metrics,
+            registry: Arc::clone(&registry),
+            checks: Arc::clone(&check_stats),
+        }));
         let app = http::router(AppState {
             registry: Arc::clone(&registry),
             limits: config.limits,
@@ -311,6 +439,7 @@ impl Server {
             check_stats: Arc::clone(&check_stats),
             consul: Arc::new(http::consul::view::Agent::new(http_addr)),
             shutdown: shutdown.clone(),
+            metrics,
         });
         let tls_enabled = tls.is_some();
         tasks.spawn(http::server::serve(

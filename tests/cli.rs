@@ -429,3 +429,159 @@ async fn another_domain_starts_from_the_repository_root() {
         ["web.service.consul. 5 A 10.0.0.1"]
     );
 }
+
+// ---- serve --check-config ----
+
+fn check_config(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .args(["serve", "--check-config"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_config_reports_what_would_be_served_without_opening_sockets() {
+    let dir = temp_dir("check-config");
+    let zones = dir.join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    std::fs::write(
+        zones.join("svc.example.zone"),
+        "$TTL 60\n@ IN SOA ns hostmaster 1 3600 600 86400 5\ndb IN A 10.0.9.10\n",
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let config = dir.join("srvdns.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "domain = \"svc.example\"\nzones = {:?}\ndata_dir = {:?}\n",
+            zones.to_str().unwrap(),
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    let (ok, out, err) = check_config(&dir, &["--config", config]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("srvdns: configuration OK\n"), "{out}");
+    for expected in [
+        "  dns        127.0.0.1:8600 (UDP and TCP)",
+        "  domain     svc.example. (ttl 5s, negative ttl 5s)",
+        "svc.example.zone  svc.example.: 1 record and the SOA",
+        "registry.redb: new, created on start",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing:\n{out}");
+    }
+    assert!(
+        !data.exists(),
+        "--check-config must not create the data dir"
+    );
+
+    // A server on that data dir, on the very ports the check names: the check neither binds
+    // them nor takes the store's lock.
+    let mut server = start(&dir, &["--config", config], &[]);
+    let client = reqwest::Client::new();
+    let mut index = String::new();
+    for id in ["a1", "a2"] {
+        let response = client
+            .put(format!(
+                "http://{}/v1/services/api/instances/{id}",
+                server.http
+            ))
+            .json(&json!({"address": "10.0.0.1", "port": 80}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        index = response.headers()["x-srvdns-index"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+    }
+    let http = server.http.to_string();
+    let dns = server.dns.to_string();
+    let (ok, out, err) = check_config(
+        &dir,
+        &[
+            "--config",
+            config,
+            "--http-listen",
+            &http,
+            "--dns-listen",
+            &dns,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("in use by a running srvdns (not read)"),
+        "{out}"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+
+    let (ok, out, err) = check_config(&dir, &["--config", config]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "registry.redb: 2 instances of 1 services, index {index}\n"
+        )),
+        "{out}"
+    );
+
+    // Errors: the message names what is wrong, the exit code is 1.
+    std::fs::write(zones.join("broken.zone"), "www IN A 1.2.3\n").unwrap();
+    let (ok, out, err) = check_config(&dir, &["--config", config]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("broken.zone"), "{err}");
+    std::fs::remove_file(zones.join("broken.zone")).unwrap();
+    std::fs::write(data.join("registry.redb"), b"not a database, not at all").unwrap();
+    let (ok, _, err) = check_config(&dir, &["--config", config]);
+    assert!(!ok, "a corrupt store must fail the check");
+    assert!(err.contains("registry.redb"), "{err}");
+}
+
+// ---- logs ----
+
+#[tokio::test]
+async fn default_logs_have_one_line_per_state_change_and_none_per_query() {
+    let dir = temp_dir("logs");
+    let mut server = start(&dir, &ephemeral(), &[("SRVDNS_DATA_DIR", "none")]);
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/services/web/instances/w1", server.http);
+    let response = client
+        .put(&url)
+        .json(&json!({"address": "10.0.0.1", "port": 80}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for name in [
+        "web.service.local.",
+        "nothing.service.local.",
+        "example.com.",
+    ] {
+        for _ in 0..50 {
+            a_records(server.dns, name).await;
+        }
+    }
+    let response = client.delete(&url).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    let lines: Vec<String> = server.lines.try_iter().collect();
+    let changes: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.contains("shutting down") && !l.contains("srvdns stopped"))
+        .collect();
+    assert_eq!(changes.len(), 2, "one line per state change: {lines:#?}");
+    assert!(changes[0].contains("instance registered"), "{lines:#?}");
+    assert!(changes[1].contains("instance deregistered"), "{lines:#?}");
+}

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::answer::{Authority, Transport, respond};
 use super::fast::{self, Scratch};
+use super::metrics::DnsMetrics;
 use super::rrl::{RateLimiter, SlipBuffer};
 use crate::registry::{Registry, Snapshot};
 
@@ -66,6 +67,8 @@ pub struct DnsService {
     pub registry: Arc<Registry>,
     /// Response-rate limiting for UDP answers; `None`: off.
     pub rrl: Option<Arc<RateLimiter>>,
+    /// Counters for `/metrics`, kept around every answer ([`DnsService::answer_into`]).
+    pub metrics: Arc<DnsMetrics>,
 }
 
 /// Where one answer is written: reused from query to query.
@@ -92,7 +95,24 @@ impl Slot {
 impl DnsService {
     /// Answers one packet into `slot`: the fast path when it can, else the reference path.
     /// `false`: send nothing (not a query, or no readable header).
+    /// Every packet is counted for `/metrics` (query type, response code, time taken).
     pub fn answer_into(
+        &self,
+        snapshot: &Snapshot,
+        packet: &[u8],
+        transport: Transport,
+        rng: &mut SmallRng,
+        slot: &mut Slot,
+    ) -> bool {
+        self.metrics
+            .observe(packet, transport, || {
+                self.answer_uncounted(snapshot, packet, transport, rng, slot)
+                    .then(|| slot.bytes())
+            })
+            .is_some()
+    }
+
+    fn answer_uncounted(
         &self,
         snapshot: &Snapshot,
         packet: &[u8],

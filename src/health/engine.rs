@@ -43,6 +43,8 @@ pub struct CheckStats {
     current: AtomicU64,
     window_started_ms: AtomicU64,
     created: std::time::Instant,
+    /// Sum of all lateness, in microseconds.
+    lateness_sum_us: AtomicU64,
 }
 
 /// The length of the "recent" lateness window.
@@ -65,6 +67,7 @@ impl Default for CheckStats {
             current: AtomicU64::new(0),
             window_started_ms: AtomicU64::new(0),
             created: std::time::Instant::now(),
+            lateness_sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -90,6 +93,26 @@ impl CheckStats {
         }
         let current = self.current.load(Ordering::Relaxed) as usize;
         self.recent[current][bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        self.lateness_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The lateness histogram with buckets ending at `bounds_ms` (ascending, whole
+    /// milliseconds, below [`LATENESS_BUCKETS`]), then everything above: per-bucket counts
+    /// (not cumulative), the total count, and the sum in seconds. A probe `n` ms and a bit
+    /// late counts in the bucket whose bound is above `n`.
+    pub fn lateness_histogram(&self, bounds_ms: &[usize]) -> (Vec<u64>, u64, f64) {
+        let mut buckets = vec![0; bounds_ms.len() + 1];
+        for (ms, count) in self.lateness_ms.iter().enumerate() {
+            let bucket = bounds_ms
+                .iter()
+                .position(|&bound| ms < bound)
+                .unwrap_or(bounds_ms.len());
+            buckets[bucket] += count.load(Ordering::Relaxed);
+        }
+        let count = buckets.iter().sum();
+        let sum = self.lateness_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, count, sum)
     }
 
     /// The lateness quantile `q` (0–1) since start, in whole milliseconds; `None` before

@@ -8,6 +8,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::registry::RegistryError;
 use crate::registry::model::ValidationError;
@@ -20,9 +21,13 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error answer (`Error` in the OpenAPI document).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct Body<'a> {
+    /// What is wrong, for people.
     error: &'a str,
+    /// Which field of the request, when one: a JSON path such as `checks[1].interval`.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }

@@ -7,6 +7,12 @@
 //! configured, reads too with `--token-reads`, and token-file tokens write only their
 //! services); unknown routes and methods answer JSON errors. [`server`] runs the router on
 //! its socket (TCP or TLS).
+//! Every request is counted for `/metrics` by its route template.
+//!
+//! The native routes are registered from their OpenAPI annotations ([`api_routes`]), so the
+//! router and the document at `/v1/openapi.json` ([`openapi`]) come from one list and cannot
+//! drift apart. The Consul-compatible routes are listed in the document coarsely (paths and
+//! methods, see [`consul::openapi_paths`]).
 
 pub mod admission;
 pub mod auth;
@@ -20,14 +26,17 @@ pub mod view;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, put};
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::health::engine::CheckStats;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use error::ApiError;
 use registration::Limits;
@@ -53,23 +62,53 @@ pub struct AppState {
     pub consul: Arc<consul::view::Agent>,
     /// Ends blocking reads when the server stops.
     pub shutdown: CancellationToken,
+    /// What `/metrics` renders; HTTP requests are counted into it.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The document's fixed parts; the paths come from [`api_routes`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "srvdns",
+        description = "Service-discovery DNS server: the registry's HTTP API. Every response \
+                       carries the registry index in `X-Srvdns-Index`. Writes need \
+                       `Authorization: Bearer <token>` when the server has a token.",
+    ),
+    tags(
+        (name = "services", description = "The native registry API"),
+        (name = "operations", description = "Liveness, metrics, this document"),
+        (name = "consul", description = "The Consul-compatible subset (docs/consul-compat.md)"),
+    ),
+)]
+struct ApiDoc;
+
+/// The native routes, each registered from its `#[utoipa::path]` annotation.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::openapi))
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::list_services))
+        .routes(routes!(routes::get_service))
+        .routes(routes!(routes::register, routes::deregister))
+        .routes(routes!(routes::heartbeat))
+        .routes(routes!(routes::set_status))
+        .routes(routes!(routes::set_maintenance))
+}
+
+/// The OpenAPI 3.1 document of the HTTP API, as served at `/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut document = api_routes().into_openapi();
+    document.paths.merge(consul::openapi_paths());
+    document
 }
 
 /// The API's router.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.admission.limits.max_body_bytes;
-    let instance = "/v1/services/{service}/instances/{id}";
-    Router::new()
-        .route("/v1/health", get(routes::health))
-        .route("/v1/services", get(routes::list_services))
-        .route("/v1/services/{service}", get(routes::get_service))
-        .route(instance, put(routes::register).delete(routes::deregister))
-        .route(&format!("{instance}/heartbeat"), put(routes::heartbeat))
-        .route(&format!("{instance}/status"), put(routes::set_status))
-        .route(
-            &format!("{instance}/maintenance"),
-            put(routes::set_maintenance),
-        )
+    let (native, _) = api_routes().split_for_parts();
+    native
         .merge(consul::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -83,7 +122,27 @@ pub fn router(state: AppState) -> Router {
             admission::admit,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), add_index))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// Counts every request for `/metrics` by method, route template and final status (a 401 from
+/// the token check included). Requests no route takes count as route `unmatched`.
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.count_http(
+        &method,
+        route.as_deref().unwrap_or("unmatched"),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {

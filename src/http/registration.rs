@@ -3,12 +3,16 @@
 //! (`"chekcs"`) is an error rather than an instance silently registered without checks.
 //!
 //! Every error names the field by its JSON path (`checks[1].interval`).
+//!
+//! The bodies derive their OpenAPI schema (utoipa) from these same types; the ranges in the
+//! schema attributes are the ones [`RegistrationBody::validate`] enforces.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::registry::model::{
     Address, CheckKind, CheckSpec, InstanceId, Protocol, Registration, ServiceName, Status,
@@ -42,7 +46,7 @@ impl Default for Limits {
 }
 
 /// A duration as text (`"10s"`, `"1m30s"`, `"250ms"`) or a number of seconds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum DurationValue {
     Text(String),
@@ -75,34 +79,46 @@ impl DurationValue {
 }
 
 /// The registration body as sent.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationBody {
+    /// IPv4 or IPv6 literal, or a hostname; default: the address the request came from.
     pub address: Option<String>,
+    /// Required.
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<i64>,
+    /// `tcp` (default) or `udp`.
     pub protocol: Option<String>,
+    #[schema(minimum = 0, maximum = 65535)]
     pub priority: Option<i64>,
+    #[schema(minimum = 0, maximum = 65535)]
     pub weight: Option<i64>,
     pub weights: Option<WeightsBody>,
+    /// Named ports (DNS labels) for `_<port>._<proto>.<service>.D` SRV lookups.
     pub ports: Option<BTreeMap<String, i64>>,
     pub tags: Option<Vec<String>>,
     pub meta: Option<BTreeMap<String, String>>,
+    /// At most 16 (configurable).
     pub checks: Option<Vec<CheckBody>>,
     /// Shorthand for `checks: [check]`.
     pub check: Option<CheckBody>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// SRV weights by status.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightsBody {
+    /// The SRV weight of a `warning` instance (default 1).
+    #[schema(minimum = 0, maximum = 65535)]
     pub warning: Option<i64>,
 }
 
 /// One check as sent.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
     pub name: Option<String>,
+    /// `http`, `tcp` or `ttl`; default from which of `url`, `target`, `ttl` is given.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub url: Option<String>,

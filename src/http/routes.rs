@@ -1,9 +1,12 @@
 //! The native HTTP API's handlers. Each one translates a request into one [`Registry`] call
 //! and the result into JSON; none holds state of its own.
 //!
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`): its route, parameters,
+//! body and answers. The router is built from these same annotations (`super::api_routes`),
+//! so `/v1/openapi.json` lists exactly the routes served.
+//!
 //! [`Registry`]: crate::registry::Registry
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,12 +18,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::Access;
-use super::error::ApiError;
+use super::error::{ApiError, Body as ErrorBody};
 use super::registration::{DurationValue, RegistrationBody};
-use super::view::{InstanceView, ServiceSummary, ServiceView, StatusView};
+use super::view::{
+    CheckEngineView, HealthView, InstanceView, LatenessView, ServiceSummary, ServiceView,
+    StatusView,
+};
 use crate::registry::model::{InstanceId, ServiceName, Status};
 
 /// The longest a blocking read may wait.
@@ -81,6 +88,27 @@ fn instance_id(raw: &str) -> Result<InstanceId, ApiError> {
 }
 
 /// `PUT /v1/services/{service}/instances/{id}`
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}",
+    tag = "services",
+    summary = "Register or replace an instance (idempotent)",
+    params(
+        ("service" = String, Path, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            description = "The service: a DNS label ([a-z0-9-], case-folded; `addr` is reserved)"),
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+            description = "The instance: 1-128 characters of [A-Za-z0-9._:-]"),
+    ),
+    request_body(content = RegistrationBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Registered: the instance as stored", body = InstanceView),
+        (status = 400, description = "invalid path or body; `field` names what", body = ErrorBody),
+        (status = 401, description = "a token is configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 409, description = "the service name clashes with a static zone record", body = ErrorBody),
+        (status = 413, description = "the body is larger than 256 KiB", body = ErrorBody),
+        (status = 503, description = "the store could not write the change; it was undone", body = ErrorBody),
+    ),
+)]
 pub async fn register(
     State(state): State<AppState>,
     access: Access,
@@ -99,6 +127,25 @@ pub async fn register(
 }
 
 /// `DELETE /v1/services/{service}/instances/{id}`
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{service}/instances/{id}",
+    tag = "services",
+    summary = "Deregister an instance",
+    params(
+        ("service" = String, Path, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            description = "The service: a DNS label ([a-z0-9-], case-folded; `addr` is reserved)"),
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+            description = "The instance: 1-128 characters of [A-Za-z0-9._:-]"),
+    ),
+    responses(
+        (status = 204, description = "Deregistered"),
+        (status = 400, description = "invalid path", body = ErrorBody),
+        (status = 401, description = "a token is configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 404, description = "no such instance", body = ErrorBody),
+        (status = 503, description = "the store could not write the change; it was undone", body = ErrorBody),
+    ),
+)]
 pub async fn deregister(
     State(state): State<AppState>,
     access: Access,
@@ -109,12 +156,34 @@ pub async fn deregister(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CheckQuery {
+    /// Only the `ttl` check with this name (default: every `ttl` check of the instance).
     pub check: Option<String>,
 }
 
 /// `PUT /v1/services/{service}/instances/{id}/heartbeat[?check=NAME]`
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/heartbeat",
+    tag = "services",
+    summary = "Renew the instance's `ttl` checks: they turn passing",
+    params(
+        ("service" = String, Path, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            description = "The service: a DNS label ([a-z0-9-], case-folded; `addr` is reserved)"),
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+            description = "The instance: 1-128 characters of [A-Za-z0-9._:-]"),
+        CheckQuery,
+    ),
+    responses(
+        (status = 200, description = "Renewed: the instance's status", body = StatusView),
+        (status = 400, description = "invalid path or query", body = ErrorBody),
+        (status = 401, description = "a token is configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 404, description = "no such instance (re-register it) or check", body = ErrorBody),
+        (status = 503, description = "the store could not write the change; it was undone", body = ErrorBody),
+    ),
+)]
 pub async fn heartbeat(
     State(state): State<AppState>,
     access: Access,
@@ -129,10 +198,13 @@ pub async fn heartbeat(
     Ok(Json(StatusView::from(&*instance)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `PUT …/status`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusBody {
+    /// `passing`, `warning` or `critical`.
     status: String,
+    /// What the instance reports with it (at most 4096 bytes).
     output: Option<String>,
 }
 
@@ -140,6 +212,28 @@ struct StatusBody {
 const MAX_OUTPUT_BYTES: usize = 4096;
 
 /// `PUT /v1/services/{service}/instances/{id}/status[?check=NAME]`
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/status",
+    tag = "services",
+    summary = "Set the status of the instance's `ttl` checks (or its own, without checks)",
+    params(
+        ("service" = String, Path, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            description = "The service: a DNS label ([a-z0-9-], case-folded; `addr` is reserved)"),
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+            description = "The instance: 1-128 characters of [A-Za-z0-9._:-]"),
+        CheckQuery,
+    ),
+    request_body(content = StatusBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Set: the instance's status", body = StatusView),
+        (status = 400, description = "invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "a token is configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 404, description = "no such instance or check", body = ErrorBody),
+        (status = 413, description = "the body is larger than 256 KiB", body = ErrorBody),
+        (status = 503, description = "the store could not write the change; it was undone", body = ErrorBody),
+    ),
+)]
 pub async fn set_status(
     State(state): State<AppState>,
     access: Access,
@@ -164,14 +258,38 @@ pub async fn set_status(
     Ok(Json(StatusView::from(&*instance)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `PUT …/maintenance`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MaintenanceBody {
+    /// `true`: out of DNS, still registered; `false`: back.
     enabled: bool,
+    /// Shown as the instance's output (at most 4096 bytes; default `maintenance`).
     reason: Option<String>,
 }
 
 /// `PUT /v1/services/{service}/instances/{id}/maintenance`
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/maintenance",
+    tag = "services",
+    summary = "Drain an instance (out of DNS, still registered), or undrain it",
+    params(
+        ("service" = String, Path, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            description = "The service: a DNS label ([a-z0-9-], case-folded; `addr` is reserved)"),
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+            description = "The instance: 1-128 characters of [A-Za-z0-9._:-]"),
+    ),
+    request_body(content = MaintenanceBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Set: the instance", body = InstanceView),
+        (status = 400, description = "invalid path or body", body = ErrorBody),
+        (status = 401, description = "a token is configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 404, description = "no such instance", body = ErrorBody),
+        (status = 413, description = "the body is larger than 256 KiB", body = ErrorBody),
+        (status = 503, description = "the store could not write the change; it was undone", body = ErrorBody),
+    ),
+)]
 pub async fn set_maintenance(
     State(state): State<AppState>,
     access: Access,
@@ -199,6 +317,13 @@ pub async fn set_maintenance(
 }
 
 /// `GET /v1/services`
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "services",
+    summary = "Services with their instance counts by status",
+    responses((status = 200, description = "Every service", body = Vec<ServiceSummary>)),
+)]
 pub async fn list_services(State(state): State<AppState>) -> Response {
     let snapshot = state.registry.view();
     let services: Vec<ServiceSummary<'_>> = snapshot
@@ -209,9 +334,14 @@ pub async fn list_services(State(state): State<AppState>) -> Response {
     Json(services).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BlockingQuery {
+    /// Block until the service changes after this registry index (`index` of an earlier
+    /// answer, or the `X-Srvdns-Index` header).
+    #[param(value_type = Option<u64>)]
     pub index: Option<String>,
+    /// How long to block at most: `"30s"`, `"5m"`, or seconds (default and maximum 5 min).
     pub wait: Option<String>,
 }
 
@@ -245,6 +375,22 @@ impl BlockingQuery {
 }
 
 /// `GET /v1/services/{service}[?index=N&wait=30s]`
+#[utoipa::path(
+    get,
+    path = "/v1/services/{service}",
+    tag = "services",
+    summary = "A service's instances; with `index`, a blocking read",
+    params(
+        ("service" = String, Path, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            description = "The service: a DNS label ([a-z0-9-], case-folded; `addr` is reserved)"),
+        BlockingQuery,
+    ),
+    responses(
+        (status = 200, description = "The service and its instances", body = ServiceView),
+        (status = 400, description = "invalid service name, index or wait", body = ErrorBody),
+        (status = 404, description = "the service has no registered instances", body = ErrorBody),
+    ),
+)]
 pub async fn get_service(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -270,34 +416,79 @@ pub async fn get_service(
     }
 }
 
+/// `GET /metrics`: Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Metrics in the Prometheus (OpenMetrics) text format",
+    responses((
+        status = 200,
+        description = "Every metric (names in the README, \"Metrics\")",
+        body = String,
+        content_type = "application/openmetrics-text",
+    )),
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
 /// `GET /v1/health`: liveness of srvdns itself.
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "operations",
+    summary = "Liveness of srvdns, with registry size and health-check counters",
+    responses((status = 200, description = "srvdns is up", body = HealthView)),
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let snapshot = state.registry.snapshot();
     let instances: usize = snapshot.services.values().map(|s| s.instances.len()).sum();
     let stats = &state.check_stats;
-    let body = BTreeMap::from([
-        ("status", serde_json::Value::from("ok")),
-        ("index", snapshot.index.into()),
-        ("services", snapshot.services.len().into()),
-        ("instances", instances.into()),
-        (
-            "checks",
-            serde_json::json!({
-                "probed_instances": stats.scheduled_instances.load(Ordering::Relaxed),
-                "runs": stats.runs.load(Ordering::Relaxed),
-                "failures": stats.failures.load(Ordering::Relaxed),
-                "lateness_ms": {
-                    "p50": stats.lateness_quantile_ms(0.50),
-                    "p99": stats.lateness_quantile_ms(0.99),
-                    "max": stats.lateness_quantile_ms(1.0),
-                },
-                "recent_lateness_ms": {
-                    "p50": stats.recent_lateness_quantile_ms(0.50),
-                    "p99": stats.recent_lateness_quantile_ms(0.99),
-                    "max": stats.recent_lateness_quantile_ms(1.0),
-                },
-            }),
-        ),
-    ]);
-    Json(body).into_response()
+    Json(HealthView {
+        status: "ok",
+        index: snapshot.index,
+        services: snapshot.services.len(),
+        instances,
+        checks: CheckEngineView {
+            probed_instances: stats.scheduled_instances.load(Ordering::Relaxed),
+            runs: stats.runs.load(Ordering::Relaxed),
+            failures: stats.failures.load(Ordering::Relaxed),
+            lateness_ms: LatenessView {
+                p50: stats.lateness_quantile_ms(0.50),
+                p99: stats.lateness_quantile_ms(0.99),
+                max: stats.lateness_quantile_ms(1.0),
+            },
+        },
+    })
+    .into_response()
+}
+
+/// `GET /v1/openapi.json`: this API's OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    summary = "This document: the OpenAPI 3.1 description of the HTTP API",
+    responses((status = 200, description = "The OpenAPI document", body = Object)),
+)]
+pub async fn openapi() -> Response {
+    static DOCUMENT: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+        Bytes::from(super::openapi().to_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot serialize the OpenAPI document");
+            String::from("{}")
+        }))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.clone(),
+    )
+        .into_response()
 }

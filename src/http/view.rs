@@ -1,10 +1,14 @@
 //! JSON views of registry state for the native API. The field names here are the contract in
 //! DESIGN.md's registration body, plus state (`status`, `output`, `last_change`).
+//!
+//! Each view also derives its OpenAPI schema (utoipa), so `/v1/openapi.json` describes exactly
+//! what is serialized.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::registry::ServiceEntry;
 use crate::registry::instance::{CheckState, Instance};
@@ -18,48 +22,59 @@ fn duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct InstanceView<'a> {
     pub service: &'a str,
     pub id: &'a str,
     pub address: String,
     pub port: u16,
+    #[schema(value_type = String, pattern = "^(tcp|udp)$")]
     pub protocol: &'static str,
     pub priority: u16,
     pub weight: u16,
     pub weights: Weights,
+    #[schema(value_type = BTreeMap<String, u16>)]
     pub ports: &'a BTreeMap<String, u16>,
+    #[schema(value_type = Vec<String>)]
     pub tags: &'a [String],
+    #[schema(value_type = BTreeMap<String, String>)]
     pub meta: &'a BTreeMap<String, String>,
+    /// The instance's status: the worst of its checks, or `maintenance`.
+    #[schema(value_type = String, pattern = "^(passing|warning|critical|maintenance)$")]
     pub status: &'static str,
+    /// The output of the check that decided the status.
     pub output: &'a str,
+    /// When the status last changed (RFC 3339).
     pub last_change: String,
+    /// When the instance was (last) registered (RFC 3339).
     pub registered_at: String,
     pub maintenance: Maintenance<'a>,
     pub checks: Vec<CheckView<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Weights {
     pub warning: u16,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Maintenance<'a> {
     pub enabled: bool,
     pub reason: Option<&'a str>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CheckView<'a> {
     pub name: &'a str,
     #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = "^(http|tcp|ttl)$")]
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub headers: Option<&'a BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_skip_verify: Option<bool>,
@@ -74,6 +89,7 @@ pub struct CheckView<'a> {
     pub failures_before_critical: u32,
     pub successes_before_passing: u32,
     pub deregister_after: Option<String>,
+    #[schema(value_type = String, pattern = "^(passing|warning|critical)$")]
     pub status: &'static str,
     pub output: &'a str,
     pub last_change: String,
@@ -151,10 +167,11 @@ impl<'a> From<&'a Instance> for InstanceView<'a> {
 }
 
 /// `PUT …/heartbeat` and `…/status` answer with this.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StatusView<'a> {
     pub service: &'a str,
     pub id: &'a str,
+    #[schema(value_type = String, pattern = "^(passing|warning|critical|maintenance)$")]
     pub status: &'static str,
     pub output: &'a str,
 }
@@ -170,8 +187,37 @@ impl<'a> From<&'a Instance> for StatusView<'a> {
     }
 }
 
+/// `GET /v1/health`: liveness of srvdns itself, and its health-check engine's counters.
+#[derive(Serialize, ToSchema)]
+pub struct HealthView {
+    /// Always `ok` while srvdns answers.
+    #[schema(value_type = String, pattern = "^ok$")]
+    pub status: &'static str,
+    pub index: u64,
+    pub services: usize,
+    pub instances: usize,
+    pub checks: CheckEngineView,
+}
+
+/// Counters of the active health checks.
+#[derive(Serialize, ToSchema)]
+pub struct CheckEngineView {
+    pub probed_instances: u64,
+    pub runs: u64,
+    pub failures: u64,
+    pub lateness_ms: LatenessView,
+}
+
+/// Probe lateness percentiles in milliseconds; `null` before the first probe.
+#[derive(Serialize, ToSchema)]
+pub struct LatenessView {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+}
+
 /// One row of `GET /v1/services`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ServiceSummary<'a> {
     pub name: &'a str,
     pub instances: usize,
@@ -204,7 +250,7 @@ impl<'a> From<&'a ServiceEntry> for ServiceSummary<'a> {
 }
 
 /// `GET /v1/services/{service}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ServiceView<'a> {
     pub name: &'a str,
     /// The registry index of the last change to this service.

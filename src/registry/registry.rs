@@ -199,6 +199,15 @@ impl Registry {
         self.changes.send_replace(index);
     }
 
+    /// The store commit thread's measurements; `None` for a memory-only registry.
+    pub fn commit_stats(&self) -> Option<Arc<crate::store::commit::CommitStats>> {
+        self.committer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(Committer::stats)
+    }
+
     pub fn settings(&self) -> &RegistrySettings {
         &self.settings
     }

@@ -82,13 +82,6 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    fn corrupt(&self, detail: impl ToString) -> StoreError {
-        StoreError::Corrupt {
-            file: self.file.clone(),
-            detail: detail.to_string(),
-        }
-    }
-
     fn write_error(&self, detail: impl ToString) -> StoreError {
         StoreError::Write {
             file: self.file.clone(),
@@ -137,23 +130,79 @@ fn check_format(db: &impl ReadableDatabase, file: &Path) -> Result<Option<u64>, 
     }
 }
 
+/// What [`inspect`] finds in a data directory.
+#[derive(Debug)]
+pub enum Inspection {
+    /// No store yet: the server will create it.
+    Absent { file: PathBuf },
+    /// A store the server can open, with what it holds.
+    Readable { file: PathBuf, restored: Restored },
+    /// A running srvdns holds the store; it was not read.
+    InUse { file: PathBuf },
+    /// The store was not closed cleanly; the server repairs it when it opens it.
+    NeedsRecovery { file: PathBuf },
+}
+
+/// Looks at the store in `dir` without changing anything (for `serve --check-config`): reads
+/// it when no one else holds it, and refuses what [`EmbeddedStore::open`] would refuse.
+pub fn inspect(dir: &Path) -> Result<Inspection, StoreError> {
+    let file = dir.join(FILE_NAME);
+    if !file.exists() {
+        return Ok(Inspection::Absent { file });
+    }
+    match Database::builder().open_read_only(&file) {
+        Ok(db) => {
+            check_format(&db, &file)?;
+            let restored = load_from(&db, &file)?;
+            Ok(Inspection::Readable { file, restored })
+        }
+        Err(DatabaseError::DatabaseAlreadyOpen) => Ok(Inspection::InUse { file }),
+        Err(DatabaseError::Storage(storage)) => Err(StoreError::Corrupt {
+            file,
+            detail: storage.to_string(),
+        }),
+        Err(_) => Ok(Inspection::NeedsRecovery { file }),
+    }
+}
+
+/// Reads every stored instance and the index.
+fn load_from(db: &impl ReadableDatabase, file: &Path) -> Result<Restored, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        file: file.to_owned(),
+        detail,
+    };
+    let read = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
+    let index = match read.open_table(META) {
+        Ok(meta) => meta
+            .get("index")
+            .map_err(|e| corrupt(e.to_string()))?
+            .map_or(0, |v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(corrupt(e.to_string())),
+    };
+    let table = match read.open_table(INSTANCES) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Ok(Restored {
+                index,
+                instances: Vec::new(),
+            });
+        }
+        Err(e) => return Err(corrupt(e.to_string())),
+    };
+    let mut instances = Vec::new();
+    for entry in table.iter().map_err(|e| corrupt(e.to_string()))? {
+        let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+        let instance: StoredInstance = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt(format!("instance {:?}: {e}", key.value())))?;
+        instances.push(instance);
+    }
+    Ok(Restored { index, instances })
+}
+
 impl Store for EmbeddedStore {
     fn load(&self) -> Result<Restored, StoreError> {
-        let read = self.db.begin_read().map_err(|e| self.corrupt(e))?;
-        let meta = read.open_table(META).map_err(|e| self.corrupt(e))?;
-        let index = meta
-            .get("index")
-            .map_err(|e| self.corrupt(e))?
-            .map_or(0, |v| v.value());
-        let table = read.open_table(INSTANCES).map_err(|e| self.corrupt(e))?;
-        let mut instances = Vec::new();
-        for entry in table.iter().map_err(|e| self.corrupt(e))? {
-            let (key, value) = entry.map_err(|e| self.corrupt(e))?;
-            let instance: StoredInstance = serde_json::from_slice(value.value())
-                .map_err(|e| self.corrupt(format!("instance {:?}: {e}", key.value())))?;
-            instances.push(instance);
-        }
-        Ok(Restored { index, instances })
+        load_from(&self.db, &self.file)
     }
 
     fn write(&self, index: u64, changes: &[Change]) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@
 //! `target` is a flippable local HTTP/TCP server for health checks to probe.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod target;
 
 use std::future::Future;

@@ -22,7 +22,7 @@ pub mod view;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
-use axum::routing::{get, put};
+use axum::routing::{MethodRouter, get, put};
 
 use super::AppState;
 
@@ -59,35 +59,242 @@ const CONSUL_PREFIXES: &[&str] = &[
     "/v1/txn",
 ];
 
+/// The Consul routes: method, path, summary for the OpenAPI document, handler. One table,
+/// so the router and the document list the same routes.
+fn routes() -> Vec<(Method, &'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (
+            Method::PUT,
+            "/v1/agent/service/register",
+            "Register or replace a service instance (Consul's body)",
+            put(routes::register),
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/deregister/{id}",
+            "Deregister a service instance",
+            put(routes::deregister),
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/maintenance/{id}",
+            "Maintenance on or off (`?enable=&reason=`)",
+            put(routes::maintenance),
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/pass/{check_id}",
+            "Set a TTL check passing (`?note=`)",
+            put(routes::check_pass),
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/warn/{check_id}",
+            "Set a TTL check warning (`?note=`)",
+            put(routes::check_warn),
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/fail/{check_id}",
+            "Set a TTL check critical (`?note=`)",
+            put(routes::check_fail),
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/update/{check_id}",
+            "Set a TTL check's status and output",
+            put(routes::check_update),
+        ),
+        (
+            Method::GET,
+            "/v1/agent/services",
+            "The registered services, by ID",
+            get(routes::agent_services),
+        ),
+        (
+            Method::GET,
+            "/v1/agent/service/{id}",
+            "One registered service",
+            get(routes::agent_service),
+        ),
+        (
+            Method::GET,
+            "/v1/agent/checks",
+            "The checks, by ID",
+            get(routes::agent_checks),
+        ),
+        (
+            Method::GET,
+            "/v1/agent/self",
+            "The agent's (minimal) self-description",
+            get(routes::agent_self),
+        ),
+        (
+            Method::GET,
+            "/v1/health/service/{name}",
+            "Instances with their checks (`?passing&tag=&index=&wait=`)",
+            get(routes::health_service),
+        ),
+        (
+            Method::GET,
+            "/v1/health/checks/{name}",
+            "A service's checks",
+            get(routes::health_checks),
+        ),
+        (
+            Method::GET,
+            "/v1/health/state/{state}",
+            "Checks in a state",
+            get(routes::health_state),
+        ),
+        (
+            Method::GET,
+            "/v1/catalog/services",
+            "Service names with their tags",
+            get(routes::catalog_services),
+        ),
+        (
+            Method::GET,
+            "/v1/catalog/service/{name}",
+            "A service's instances (`?tag=`)",
+            get(routes::catalog_service),
+        ),
+        (
+            Method::GET,
+            "/v1/catalog/datacenters",
+            "The one datacenter",
+            get(routes::catalog_datacenters),
+        ),
+        (
+            Method::GET,
+            "/v1/catalog/nodes",
+            "The one node",
+            get(routes::catalog_nodes),
+        ),
+        (
+            Method::GET,
+            "/v1/status/leader",
+            "The leader (srvdns itself)",
+            get(routes::status_leader),
+        ),
+        (
+            Method::GET,
+            "/v1/status/peers",
+            "The peers (srvdns itself)",
+            get(routes::status_peers),
+        ),
+    ]
+}
+
 /// The Consul routes.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/agent/service/register", put(routes::register))
-        .route("/v1/agent/service/deregister/{id}", put(routes::deregister))
-        .route(
-            "/v1/agent/service/maintenance/{id}",
-            put(routes::maintenance),
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, _, handler)| {
+            router.route(path, handler)
+        })
+}
+
+/// The Consul routes for the OpenAPI document, coarsely: method, path parameters, and JSON
+/// answers in Consul's shapes (not described field by field; see docs/consul-compat.md).
+pub fn openapi_paths() -> utoipa::openapi::path::Paths {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+    use utoipa::openapi::request_body::RequestBodyBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+
+    let any = || {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .build(),
         )
-        .route("/v1/agent/check/pass/{check_id}", put(routes::check_pass))
-        .route("/v1/agent/check/warn/{check_id}", put(routes::check_warn))
-        .route("/v1/agent/check/fail/{check_id}", put(routes::check_fail))
-        .route(
-            "/v1/agent/check/update/{check_id}",
-            put(routes::check_update),
-        )
-        .route("/v1/agent/services", get(routes::agent_services))
-        .route("/v1/agent/service/{id}", get(routes::agent_service))
-        .route("/v1/agent/checks", get(routes::agent_checks))
-        .route("/v1/agent/self", get(routes::agent_self))
-        .route("/v1/health/service/{name}", get(routes::health_service))
-        .route("/v1/health/checks/{name}", get(routes::health_checks))
-        .route("/v1/health/state/{state}", get(routes::health_state))
-        .route("/v1/catalog/services", get(routes::catalog_services))
-        .route("/v1/catalog/service/{name}", get(routes::catalog_service))
-        .route("/v1/catalog/datacenters", get(routes::catalog_datacenters))
-        .route("/v1/catalog/nodes", get(routes::catalog_nodes))
-        .route("/v1/status/leader", get(routes::status_leader))
-        .route("/v1/status/peers", get(routes::status_peers))
+    };
+    let string = || Schema::Object(ObjectBuilder::new().schema_type(Type::String).build());
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Error")))
+                    .build(),
+            )
+            .build()
+    };
+    let mut paths = utoipa::openapi::path::Paths::new();
+    for (method, path, summary, _) in routes() {
+        let method = if method == Method::PUT {
+            HttpMethod::Put
+        } else {
+            HttpMethod::Get
+        };
+        let parameters = path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .schema(Some(string()))
+                    .build()
+            });
+        let mut operation = OperationBuilder::new()
+            .tag("consul")
+            .summary(Some(summary))
+            .operation_id(Some(format!(
+                "consul{}",
+                path.replace(['/', '{', '}'], "_")
+            )))
+            .parameters(Some(parameters))
+            .response("400", error("invalid request; `field` names what"))
+            .response("404", error("no such service, instance or check"))
+            .response(
+                "409",
+                error("a clash: the ID names instances of several services, or a static name"),
+            );
+        operation = if method == HttpMethod::Put {
+            if path.ends_with("/register") || path.contains("/check/update/") {
+                operation = operation.request_body(Some(
+                    RequestBodyBuilder::new()
+                        .content(
+                            "application/json",
+                            ContentBuilder::new().schema(Some(any())).build(),
+                        )
+                        .build(),
+                ));
+            }
+            operation
+                .response(
+                    "200",
+                    ResponseBuilder::new()
+                        .description("Done; an empty body, as Consul's agent answers")
+                        .build(),
+                )
+                .response(
+                    "401",
+                    error("a token is configured and the request has none, or a wrong one"),
+                )
+                .response(
+                    "503",
+                    error("the store could not write the change; it was undone"),
+                )
+        } else {
+            operation.response(
+                "200",
+                ResponseBuilder::new()
+                    .description("Consul's JSON answer")
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(any())).build(),
+                    )
+                    .build(),
+            )
+        };
+        paths.add_path_operation(path, vec![method], operation.build());
+    }
+    paths
 }
 
 /// The message for a request no route takes, if its path is Consul's.
