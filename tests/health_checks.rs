@@ -430,6 +430,10 @@ async fn the_health_endpoint_reports_probe_counters() {
     .await;
     assert_eq!(health["checks"]["probed_instances"], 1);
     assert!(health["checks"]["lateness_ms"]["p99"].is_u64(), "{health}");
+    assert!(
+        health["checks"]["recent_lateness_ms"]["p99"].is_u64(),
+        "{health}"
+    );
     server.stop().await;
 }
 

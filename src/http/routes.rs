@@ -466,6 +466,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 p99: stats.lateness_quantile_ms(0.99),
                 max: stats.lateness_quantile_ms(1.0),
             },
+            recent_lateness_ms: LatenessView {
+                p50: stats.recent_lateness_quantile_ms(0.50),
+                p99: stats.recent_lateness_quantile_ms(0.99),
+                max: stats.recent_lateness_quantile_ms(1.0),
+            },
         },
     })
     .into_response()

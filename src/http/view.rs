@@ -205,7 +205,10 @@ pub struct CheckEngineView {
     pub probed_instances: u64,
     pub runs: u64,
     pub failures: u64,
+    /// Since start.
     pub lateness_ms: LatenessView,
+    /// Over the last complete 10 s window: the steady state, free of start-up bursts.
+    pub recent_lateness_ms: LatenessView,
 }
 
 /// Probe lateness percentiles in milliseconds; `null` before the first probe.
